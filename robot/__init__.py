@@ -1,0 +1,1 @@
+"""Onboard runtime: camera, classification, plant tracking, position, statistics, telemetry."""

@@ -1,0 +1,1 @@
+"""Base station: receive robot telemetry, store it, serve field reports."""

@@ -1,0 +1,1 @@
+"""Workstation side: data loading, leaf-grouped splits, training, evaluation, studies."""
