@@ -36,6 +36,8 @@ def _check(cls: type, d: dict[str, Any]) -> dict[str, Any]:
             if f.default is not MISSING:  # optional field
                 continue
             raise RecordError(f"{cls.__name__}: missing key {name!r}")
+        if d[name] is None and f.default is MISSING:
+            raise RecordError(f"{cls.__name__}.{name}: required, got null")
         out[name] = d[name]
     for name, kinds in cls._types.items():
         value = out.get(name)
