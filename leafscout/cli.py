@@ -14,7 +14,15 @@ import sys
 from . import __version__
 
 # Order is the order shown in --help.
-_COMMAND_MODULES = ("training.cli", "deploy.cli", "robot.cli", "station.cli")
+_COMMAND_MODULES = (
+    "training.cli",
+    "training.study_cli",
+    "deploy.cli",
+    "robot.cli",
+    "station.cli",
+    "station.report_cli",
+    "station.web.users_cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -162,7 +162,8 @@ RECORD_TYPES: dict[str, type] = {c.kind: c for c in (PlantRecord, RowSummary, He
 
 
 def record_from_dict(d: dict[str, Any]) -> PlantRecord | RowSummary | Heartbeat:
-    if not isinstance(d, dict) or d.get("kind") not in RECORD_TYPES:
-        got = d.get("kind") if isinstance(d, dict) else type(d).__name__
+    kind = d.get("kind") if isinstance(d, dict) else None
+    if not isinstance(kind, str) or kind not in RECORD_TYPES:
+        got = kind if isinstance(d, dict) else type(d).__name__
         raise RecordError(f"unknown record kind {got!r}; expected one of {sorted(RECORD_TYPES)}")
     return RECORD_TYPES[d["kind"]].from_dict(d)

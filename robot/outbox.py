@@ -1,0 +1,292 @@
+"""The robot's durable outbox: every record waits here until a link confirms delivery.
+
+SQLite, WAL, ``synchronous=FULL``: once ``put_many`` returns, the records survive a
+SIGKILL or a power cut ("accepted").  Each record gets a sequence number that is never
+reused (the counter lives in the same transaction), so ``"<robot_id>:<seq>"`` is a
+record id that stays the same across retransmissions and lets the station drop
+duplicates.  The links read pending items in order and ``remove`` them only when the
+station confirmed it stored them.
+
+The size is bounded (``max_records``).  When full, the oldest heartbeat goes first,
+then the oldest plant record; row summaries are the last to go.  A newer row summary
+for the same survey and row supersedes a pending older one (the station keeps only
+the latest per row anyway).  Every drop is counted in the file itself (``stats()``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from robot.records import Heartbeat, PlantRecord, RowSummary, record_from_dict
+
+log = logging.getLogger(__name__)
+
+Record = PlantRecord | RowSummary | Heartbeat
+
+KINDS = ("plant", "row", "heartbeat")
+# Drop order when the outbox is full: first kind first. Row summaries are the last to go.
+DROP_ORDER = ("heartbeat", "plant", "row")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, body TEXT NOT NULL, thumbnail BLOB,
+    row_key TEXT, created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_kind ON outbox(kind, seq);
+CREATE INDEX IF NOT EXISTS outbox_row_key ON outbox(row_key) WHERE row_key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+INSERT OR IGNORE INTO counters VALUES ('next_seq', 1);
+"""
+
+
+class OutboxError(RuntimeError):
+    """The outbox file cannot be used, or an argument is out of range."""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """One pending record, as read back from the outbox."""
+
+    seq: int
+    record: Record
+    thumbnail: bytes | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.record.kind
+
+    @property
+    def record_id(self) -> str:
+        return record_id(self.record.robot_id, self.seq)
+
+
+@dataclass(frozen=True)
+class OutboxStats:
+    """What is queued (per kind), what was dropped (per kind) and superseded."""
+
+    queued: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    superseded: int = 0
+    next_seq: int = 1
+
+    @property
+    def depth(self) -> int:
+        return sum(self.queued.values())
+
+
+def validate(record: Record) -> dict:
+    """The record's JSON form, checked by the same parser the station uses."""
+    d = record.to_dict()
+    record_from_dict(d)
+    return d
+
+
+def record_id(robot_id: str, seq: int) -> str:
+    """The id the station deduplicates on: stable across links and retransmissions."""
+    return f"{robot_id}:{seq}"
+
+
+class Outbox:
+    """A bounded, durable FIFO of records; thread-safe (one connection behind a lock)."""
+
+    def __init__(self, path: str | Path, max_records: int = 100_000):
+        if isinstance(max_records, bool) or not isinstance(max_records, int) or max_records < 1:
+            raise OutboxError(f"max_records must be a positive integer, got {max_records!r}")
+        self.path = Path(path)
+        self.max_records = max_records
+        # Two connections: the links read (WAL snapshot) while the writer waits for its fsync.
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        try:
+            self._conn = connect_wal(self.path, _SCHEMA)
+            self._reader = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._reader.execute("PRAGMA busy_timeout=5000")
+        except sqlite3.DatabaseError as e:
+            raise OutboxError(f"cannot open outbox {str(path)!r}: {e}") from e
+
+    def close(self) -> None:
+        with self._lock, self._read_lock:
+            self._reader.close()
+            self._conn.close()
+
+    def __enter__(self) -> "Outbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------------
+    def put(self, record: Record, thumbnail: bytes | None = None) -> int:
+        """Store one record durably; returns its sequence number."""
+        return self.put_many([(record, thumbnail)])[0]
+
+    def put_many(self, items: Sequence[tuple[Record, bytes | None]]) -> list[int]:
+        """Store records in one transaction (one fsync); returns their sequence numbers.
+
+        Raises ``RecordError`` (nothing stored) when a record would fail the station's
+        schema check: such a record could never be delivered and would block the queue.
+        """
+        bodies = [json.dumps(validate(record)) for record, _ in items]
+        now = time.time()
+        seqs: list[int] = []
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                seq = c.execute("SELECT value FROM counters WHERE name='next_seq'").fetchone()[0]
+                for (record, thumbnail), body in zip(items, bodies):
+                    row_key = None
+                    if isinstance(record, RowSummary):
+                        row_key = f"{record.robot_id}\x1f{record.survey_id}\x1f{record.row}"
+                        n = c.execute("DELETE FROM outbox WHERE row_key=?", (row_key,)).rowcount
+                        if n:
+                            _bump(c, "superseded", n)
+                    c.execute(
+                        "INSERT INTO outbox VALUES (?,?,?,?,?,?)",
+                        (seq, record.kind, body, thumbnail, row_key, now),
+                    )
+                    seqs.append(seq)
+                    seq += 1
+                c.execute("UPDATE counters SET value=? WHERE name='next_seq'", (seq,))
+                self._enforce_bound(c)
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        return seqs
+
+    def _enforce_bound(self, c: sqlite3.Connection) -> None:
+        excess = c.execute("SELECT count(*) FROM outbox").fetchone()[0] - self.max_records
+        for kind in DROP_ORDER:
+            if excess <= 0:
+                return
+            n = c.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox WHERE kind=? ORDER BY seq LIMIT ?)",
+                (kind, excess),
+            ).rowcount
+            if n:
+                _bump(c, f"dropped_{kind}", n)
+                log.warning("outbox full (%d records): dropped %d oldest %s record(s)", self.max_records, n, kind)
+                excess -= n
+
+    def next_seq(self) -> int:
+        """Take a sequence number for a frame that is not a record (serial control frames)."""
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            seq = c.execute("SELECT value FROM counters WHERE name='next_seq'").fetchone()[0]
+            c.execute("UPDATE counters SET value=? WHERE name='next_seq'", (seq + 1,))
+            c.execute("COMMIT")
+        return seq
+
+    def remove(self, seqs: Iterable[int]) -> int:
+        """Delete delivered records; returns how many were still pending.
+
+        Without an fsync: if a power cut undoes a removal, the record is sent again and
+        the station drops the duplicate. Only insertions must be durable.
+        """
+        seqs = list(seqs)
+        if not seqs:
+            return 0
+        with self._lock:
+            c = self._conn
+            c.execute("PRAGMA synchronous=NORMAL")
+            try:
+                c.execute("BEGIN IMMEDIATE")
+                n = 0
+                for i in range(0, len(seqs), 500):
+                    chunk = seqs[i:i + 500]
+                    n += c.execute(f"DELETE FROM outbox WHERE seq IN ({','.join('?' * len(chunk))})",
+                                   chunk).rowcount
+                c.execute("COMMIT")
+            finally:
+                c.execute("PRAGMA synchronous=FULL")
+        return n
+
+    # -- reading -------------------------------------------------------------------
+    def pending(self, kinds: Iterable[str] | None = None, after: int = 0, limit: int = 100,
+                exclude: Iterable[int] = ()) -> list[OutboxItem]:
+        """Oldest pending items first (of ``kinds`` if given) with seq > ``after``."""
+        sql = "SELECT seq, body, thumbnail FROM outbox WHERE seq > ?"
+        args: list = [after]
+        if kinds is not None:
+            kinds = list(kinds)
+            bad = set(kinds) - set(KINDS)
+            if bad:
+                raise OutboxError(f"unknown record kind(s) {sorted(bad)}; expected some of {list(KINDS)}")
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args += kinds
+        exclude = set(exclude)
+        with self._read_lock:
+            rows = self._reader.execute(sql + " ORDER BY seq LIMIT ?", (*args, limit + len(exclude))).fetchall()
+        items, bad = [], []
+        for seq, body, thumb in rows:
+            if seq in exclude:
+                continue
+            try:
+                items.append(OutboxItem(seq, record_from_dict(json.loads(body)), thumb))
+            except (ValueError, TypeError) as e:  # written by an older, laxer version: never deliverable
+                log.error("outbox record %d is unreadable (%s); dropping it", seq, e)
+                bad.append(seq)
+        if bad:
+            self._drop_unreadable(bad)
+        return items[:limit]
+
+    def _drop_unreadable(self, seqs: list[int]) -> None:
+        with self._lock:
+            c = self._conn
+            c.execute("BEGIN IMMEDIATE")
+            for seq in seqs:
+                c.execute("DELETE FROM outbox WHERE seq=?", (seq,))
+            _bump(c, "dropped_unreadable", len(seqs))
+            c.execute("COMMIT")
+
+    def depth(self, kind: str | None = None) -> int:
+        with self._read_lock:
+            if kind is None:
+                return self._reader.execute("SELECT count(*) FROM outbox").fetchone()[0]
+            return self._reader.execute("SELECT count(*) FROM outbox WHERE kind=?", (kind,)).fetchone()[0]
+
+    def seqs(self) -> set[int]:
+        """Sequence numbers still pending (tests, crash checks)."""
+        with self._read_lock:
+            return {r[0] for r in self._reader.execute("SELECT seq FROM outbox")}
+
+    def stats(self) -> OutboxStats:
+        """The queue metric: depth per kind, drops per kind, supersessions."""
+        with self._read_lock:
+            queued = dict(self._reader.execute("SELECT kind, count(*) FROM outbox GROUP BY kind"))
+            counters = dict(self._reader.execute("SELECT name, value FROM counters"))
+        return OutboxStats(
+            queued={k: queued.get(k, 0) for k in KINDS},
+            dropped={k: counters.get(f"dropped_{k}", 0) for k in (*KINDS, "unreadable")},
+            superseded=counters.get("superseded", 0),
+            next_seq=counters["next_seq"],
+        )
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            return self._conn.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def connect_wal(path: str | Path, schema: str) -> sqlite3.Connection:
+    """A connection in WAL mode with fsync on every commit, usable from any thread (lock it)."""
+    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    conn.executescript(schema)
+    return conn
+
+
+def _bump(c: sqlite3.Connection, name: str, n: int) -> None:
+    c.execute(
+        "INSERT INTO counters VALUES (?,?) ON CONFLICT(name) DO UPDATE SET value=value+excluded.value",
+        (name, n),
+    )

@@ -1,0 +1,433 @@
+"""The base station's SQLite store: what the robots reported, deduplicated, queryable.
+
+One file, WAL mode, ``synchronous=FULL``: a record is only acknowledged to a robot after
+the transaction that stored it has committed, so an acknowledged record survives a
+power cut of the station.  Receivers (MQTT, serial) write; the dashboard reads.  A
+``StationDB`` is safe to share between threads (one connection behind a lock); other
+processes may open the same file read-only at the same time (WAL).
+
+Schema (all times are unix seconds as REAL; ``record_id`` is ``"<robot_id>:<seq>"``,
+unique per record and stable across retransmissions):
+
+``robots``       robot_id PK, last_seen, queue_depth, frames, fps, status, survey_id,
+                 link (link that delivered last: "mqtt" | "serial"), link_status
+                 ("online" | "offline" | NULL, from the MQTT last will), heartbeat_t
+                 (queue_depth..survey_id come from the newest heartbeat)
+``received``     record_id PK, robot_id, kind ("plant" | "row" | "heartbeat"), link,
+                 received_at: every record ever stored; the duplicate filter
+``plants``       record_id PK, robot_id, survey_id, plant_id, t, label, class_index
+                 (-1 when uncertain), confidence, diseased (0/1), uncertain (0/1), row,
+                 metre, lat, lon, frames (row/metre/lat/lon may be NULL)
+``row_summaries`` (robot_id, survey_id, row) PK, record_id, plants, diseased, uncertain,
+                 incidence, ci_lo, ci_hi, t: only the latest summary (largest t) per row
+``heartbeats``   record_id PK, robot_id, survey_id, t, queue_depth, frames, fps, status,
+                 lat, lon, row, metre: the full history (the robot's track)
+``thumbnails``   record_id PK, jpeg BLOB (MQTT only; serial never carries images)
+``rejected``     reason PK, count, last_at, last_detail: malformed or forged input
+``serial_robots`` number PK (uint16 in the serial header), robot_id: learnt from HELLO
+``serial_classes`` (robot_id, class_index) PK, name, seq: class table sent over serial
+``serial_surveys`` (robot_id, ref) PK, survey_id, t0, lat0, lon0 (NULL: no origin), seq
+
+Query helpers return small frozen dataclasses (``dataclasses.asdict`` gives JSON-ready
+dicts): ``surveys()``, ``plants(survey_id)``, ``rows(survey_id)``, ``robots()``,
+``track(survey_id)``, ``thumbnail(record_id)``, ``rejected()``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from robot.outbox import connect_wal
+from robot.records import Heartbeat, PlantRecord, RowSummary
+
+log = logging.getLogger(__name__)
+
+Record = PlantRecord | RowSummary | Heartbeat
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS robots (
+    robot_id TEXT PRIMARY KEY, last_seen REAL, queue_depth INTEGER, frames INTEGER,
+    fps REAL, status TEXT, survey_id TEXT, link TEXT, link_status TEXT, heartbeat_t REAL
+);
+CREATE TABLE IF NOT EXISTS received (
+    record_id TEXT PRIMARY KEY, robot_id TEXT NOT NULL, kind TEXT NOT NULL,
+    link TEXT NOT NULL, received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS plants (
+    record_id TEXT PRIMARY KEY, robot_id TEXT NOT NULL, survey_id TEXT NOT NULL,
+    plant_id INTEGER NOT NULL, t REAL NOT NULL, label TEXT NOT NULL,
+    class_index INTEGER NOT NULL, confidence REAL NOT NULL, diseased INTEGER NOT NULL,
+    uncertain INTEGER NOT NULL, row INTEGER, metre REAL, lat REAL, lon REAL,
+    frames INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS plants_survey ON plants(survey_id, row, metre);
+CREATE TABLE IF NOT EXISTS row_summaries (
+    robot_id TEXT NOT NULL, survey_id TEXT NOT NULL, row INTEGER NOT NULL,
+    record_id TEXT NOT NULL, plants INTEGER NOT NULL, diseased INTEGER NOT NULL,
+    uncertain INTEGER NOT NULL, incidence REAL NOT NULL, ci_lo REAL NOT NULL,
+    ci_hi REAL NOT NULL, t REAL NOT NULL,
+    PRIMARY KEY (robot_id, survey_id, row)
+);
+CREATE TABLE IF NOT EXISTS heartbeats (
+    record_id TEXT PRIMARY KEY, robot_id TEXT NOT NULL, survey_id TEXT, t REAL NOT NULL,
+    queue_depth INTEGER NOT NULL, frames INTEGER NOT NULL, fps REAL NOT NULL,
+    status TEXT NOT NULL, lat REAL, lon REAL, row INTEGER, metre REAL
+);
+CREATE INDEX IF NOT EXISTS heartbeats_survey ON heartbeats(survey_id, t);
+CREATE TABLE IF NOT EXISTS thumbnails (record_id TEXT PRIMARY KEY, jpeg BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS rejected (
+    reason TEXT PRIMARY KEY, count INTEGER NOT NULL, last_at REAL NOT NULL, last_detail TEXT
+);
+CREATE TABLE IF NOT EXISTS serial_robots (number INTEGER PRIMARY KEY, robot_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS serial_classes (
+    robot_id TEXT NOT NULL, class_index INTEGER NOT NULL, name TEXT NOT NULL,
+    seq INTEGER NOT NULL, PRIMARY KEY (robot_id, class_index)
+);
+CREATE TABLE IF NOT EXISTS serial_surveys (
+    robot_id TEXT NOT NULL, ref INTEGER NOT NULL, survey_id TEXT NOT NULL, t0 REAL NOT NULL,
+    lat0 REAL, lon0 REAL, seq INTEGER NOT NULL, PRIMARY KEY (robot_id, ref)
+);
+"""
+
+
+class StationDBError(RuntimeError):
+    """The station database cannot be used (wrong file, corrupt, closed)."""
+
+
+@dataclass(frozen=True)
+class SurveyInfo:
+    survey_id: str
+    robots: tuple[str, ...]
+    plants: int
+    diseased: int
+    uncertain: int
+    first_t: float | None
+    last_t: float | None
+
+
+@dataclass(frozen=True)
+class StoredPlant:
+    record_id: str
+    robot_id: str
+    survey_id: str
+    plant_id: int
+    t: float
+    label: str
+    class_index: int
+    confidence: float
+    diseased: bool
+    uncertain: bool
+    row: int | None
+    metre: float | None
+    lat: float | None
+    lon: float | None
+    frames: int
+    has_thumbnail: bool
+
+
+# A stored row summary is exactly the record the robot sent (the latest one per row).
+StoredRow = RowSummary
+
+
+@dataclass(frozen=True)
+class RobotInfo:
+    robot_id: str
+    last_seen: float | None
+    queue_depth: int | None
+    frames: int | None
+    fps: float | None
+    status: str | None
+    survey_id: str | None
+    link: str | None
+    link_status: str | None
+
+
+@dataclass(frozen=True)
+class TrackPoint:
+    robot_id: str
+    t: float
+    lat: float | None
+    lon: float | None
+    row: int | None
+    metre: float | None
+
+
+class StationDB:
+    """Thread-safe access to one station database file. Use ``open_db``."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        try:
+            self._conn = connect_wal(self.path, SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise StationDBError(f"cannot open station database {str(path)!r}: {e}") from e
+
+    # -- lifecycle -----------------------------------------------------------------
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> "StationDB":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _tx(self) -> "_Transaction":
+        return _Transaction(self)
+
+    # -- writing -------------------------------------------------------------------
+    def insert_record(self, record_id: str, record: Record, thumbnail: bytes | None = None,
+                      link: str = "mqtt") -> bool:
+        """Store one record; False when ``record_id`` was stored before (a duplicate)."""
+        return self.insert_records([(record_id, record, thumbnail)], link=link)[0]
+
+    def insert_records(self, items: Iterable[tuple[str, Record, bytes | None]],
+                       link: str = "mqtt") -> list[bool]:
+        """Store many records in one transaction (one fsync); per item, False = duplicate."""
+        now = time.time()
+        out = []
+        with self._tx() as c:
+            for record_id, record, thumbnail in items:
+                cur = c.execute(
+                    "INSERT OR IGNORE INTO received VALUES (?,?,?,?,?)",
+                    (record_id, record.robot_id, record.kind, link, now),
+                )
+                if cur.rowcount == 0:
+                    out.append(False)
+                    continue
+                _STORE[type(record)](c, record_id, record)
+                if thumbnail is not None:
+                    c.execute("INSERT OR REPLACE INTO thumbnails VALUES (?,?)", (record_id, thumbnail))
+                c.execute(
+                    "INSERT INTO robots(robot_id, last_seen, link) VALUES (?,?,?) "
+                    "ON CONFLICT(robot_id) DO UPDATE SET last_seen=excluded.last_seen, link=excluded.link",
+                    (record.robot_id, now, link),
+                )
+                out.append(True)
+        return out
+
+    def count_rejected(self, reason: str, detail: str = "", n: int = 1) -> None:
+        """Count rejected input (malformed, forged, unknown robot, too large, duplicate...)."""
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO rejected VALUES (?,?,?,?) ON CONFLICT(reason) DO UPDATE SET "
+                "count=count+excluded.count, last_at=excluded.last_at, last_detail=excluded.last_detail",
+                (reason, n, time.time(), detail[:500]),
+            )
+
+    def set_link_status(self, robot_id: str, status: str) -> None:
+        """Record what the robot's MQTT last will / birth message says ("online"/"offline")."""
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO robots(robot_id, link_status) VALUES (?,?) "
+                "ON CONFLICT(robot_id) DO UPDATE SET link_status=excluded.link_status",
+                (robot_id, status),
+            )
+
+    # -- serial link context (the compact binary records refer to these) -----------
+    def bind_serial_robot(self, number: int, robot_id: str) -> str:
+        """Bind a serial robot number to a name; returns the name already bound if any."""
+        with self._tx() as c:
+            c.execute("INSERT OR IGNORE INTO serial_robots VALUES (?,?)", (number, robot_id))
+            return c.execute("SELECT robot_id FROM serial_robots WHERE number=?", (number,)).fetchone()[0]
+
+    def serial_robot(self, number: int) -> str | None:
+        row = self._one("SELECT robot_id FROM serial_robots WHERE number=?", (number,))
+        return row[0] if row else None
+
+    def set_serial_class(self, robot_id: str, index: int, name: str, seq: int) -> None:
+        """Newer (larger seq) class names win, so a replayed old table changes nothing."""
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO serial_classes VALUES (?,?,?,?) ON CONFLICT(robot_id, class_index) "
+                "DO UPDATE SET name=excluded.name, seq=excluded.seq WHERE excluded.seq > seq",
+                (robot_id, index, name, seq),
+            )
+
+    def serial_class(self, robot_id: str, index: int) -> str | None:
+        row = self._one("SELECT name FROM serial_classes WHERE robot_id=? AND class_index=?", (robot_id, index))
+        return row[0] if row else None
+
+    def set_serial_survey(self, robot_id: str, ref: int, survey_id: str, t0: float,
+                          lat0: float, lon0: float, seq: int) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO serial_surveys VALUES (?,?,?,?,?,?,?) ON CONFLICT(robot_id, ref) DO UPDATE "
+                "SET survey_id=excluded.survey_id, t0=excluded.t0, lat0=excluded.lat0, "
+                "lon0=excluded.lon0, seq=excluded.seq WHERE excluded.seq > seq",
+                (robot_id, ref, survey_id, t0, lat0, lon0, seq),
+            )
+
+    def serial_survey(self, robot_id: str, ref: int) -> tuple[str, float, float, float] | None:
+        """(survey_id, t0, lat0, lon0) of a survey reference, or None if never announced."""
+        row = self._one("SELECT survey_id, t0, lat0, lon0 FROM serial_surveys WHERE robot_id=? AND ref=?",
+                        (robot_id, ref))
+        if row is None:
+            return None
+        survey_id, t0, lat0, lon0 = row
+        return survey_id, t0, math.nan if lat0 is None else lat0, math.nan if lon0 is None else lon0
+
+    # -- reading -------------------------------------------------------------------
+    def _one(self, sql: str, args: tuple = ()) -> tuple | None:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    def has_record(self, record_id: str) -> bool:
+        return self._one("SELECT 1 FROM received WHERE record_id=?", (record_id,)) is not None
+
+    def record_count(self, kind: str | None = None) -> int:
+        if kind is None:
+            return self._one("SELECT count(*) FROM received")[0]
+        return self._one("SELECT count(*) FROM received WHERE kind=?", (kind,))[0]
+
+    def surveys(self) -> list[SurveyInfo]:
+        """Every survey seen in plants, row summaries or heartbeats, newest first."""
+        rows = self._all(
+            """
+            WITH s AS (
+                SELECT survey_id, robot_id, t FROM plants
+                UNION ALL SELECT survey_id, robot_id, t FROM row_summaries
+                UNION ALL SELECT survey_id, robot_id, t FROM heartbeats WHERE survey_id IS NOT NULL
+            )
+            SELECT s.survey_id, group_concat(DISTINCT s.robot_id), min(s.t), max(s.t),
+                   (SELECT count(*) FROM plants p WHERE p.survey_id = s.survey_id),
+                   (SELECT coalesce(sum(diseased), 0) FROM plants p WHERE p.survey_id = s.survey_id),
+                   (SELECT coalesce(sum(uncertain), 0) FROM plants p WHERE p.survey_id = s.survey_id)
+            FROM s GROUP BY s.survey_id ORDER BY max(s.t) DESC
+            """
+        )
+        return [
+            SurveyInfo(sid, tuple(sorted(robots.split(","))), n, dis, unc, t0, t1)
+            for sid, robots, t0, t1, n, dis, unc in rows
+        ]
+
+    def plants(self, survey_id: str, robot_id: str | None = None) -> list[StoredPlant]:
+        """Plants of a survey ordered by row, metre, time."""
+        sql = (
+            "SELECT p.*, t.record_id IS NOT NULL FROM plants p LEFT JOIN thumbnails t USING(record_id) "
+            "WHERE survey_id=?"
+        )
+        args: tuple = (survey_id,)
+        if robot_id is not None:
+            sql += " AND robot_id=?"
+            args += (robot_id,)
+        rows = self._all(sql + " ORDER BY row, metre, t", args)
+        return [
+            StoredPlant(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), bool(r[9]),
+                        r[10], r[11], r[12], r[13], r[14], bool(r[15]))
+            for r in rows
+        ]
+
+    def rows(self, survey_id: str) -> list[StoredRow]:
+        """Latest row summary per robot and row of a survey."""
+        rows = self._all(
+            "SELECT robot_id, survey_id, row, plants, diseased, uncertain, incidence, ci_lo, ci_hi, t "
+            "FROM row_summaries WHERE survey_id=? ORDER BY row, robot_id",
+            (survey_id,),
+        )
+        return [RowSummary(*r) for r in rows]
+
+    def robots(self) -> list[RobotInfo]:
+        rows = self._all(
+            "SELECT robot_id, last_seen, queue_depth, frames, fps, status, survey_id, link, link_status "
+            "FROM robots ORDER BY robot_id"
+        )
+        return [RobotInfo(*r) for r in rows]
+
+    def track(self, survey_id: str, robot_id: str | None = None) -> list[TrackPoint]:
+        """Heartbeat positions over time (the robot's path through the field)."""
+        sql = "SELECT robot_id, t, lat, lon, row, metre FROM heartbeats WHERE survey_id=?"
+        args: tuple = (survey_id,)
+        if robot_id is not None:
+            sql += " AND robot_id=?"
+            args += (robot_id,)
+        return [TrackPoint(*r) for r in self._all(sql + " ORDER BY t", args)]
+
+    def thumbnail(self, record_id: str) -> bytes | None:
+        row = self._one("SELECT jpeg FROM thumbnails WHERE record_id=?", (record_id,))
+        return bytes(row[0]) if row else None
+
+    def rejected(self) -> dict[str, int]:
+        """Rejected-input counters, reason -> count."""
+        return dict(self._all("SELECT reason, count FROM rejected ORDER BY reason"))
+
+    def integrity_check(self) -> str:
+        return self._one("PRAGMA integrity_check")[0]
+
+
+class _Transaction:
+    """``with db._tx() as c``: BEGIN IMMEDIATE ... COMMIT under the lock, ROLLBACK on error."""
+
+    def __init__(self, db: StationDB):
+        self.db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.db._lock.acquire()
+        try:
+            self.db._conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.db._lock.release()
+            raise
+        return self.db._conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.db._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self.db._lock.release()
+
+
+def _store_plant(c: sqlite3.Connection, record_id: str, r: PlantRecord) -> None:
+    c.execute(
+        "INSERT INTO plants VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (record_id, r.robot_id, r.survey_id, r.plant_id, r.t, r.label, r.class_index, r.confidence,
+         int(r.diseased), int(r.uncertain), r.row, r.metre, r.lat, r.lon, r.frames),
+    )
+
+
+def _store_row(c: sqlite3.Connection, record_id: str, r: RowSummary) -> None:
+    # Summaries may arrive out of order (two links): keep the one with the latest t.
+    c.execute(
+        "INSERT INTO row_summaries VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+        "ON CONFLICT(robot_id, survey_id, row) DO UPDATE SET record_id=excluded.record_id, "
+        "plants=excluded.plants, diseased=excluded.diseased, uncertain=excluded.uncertain, "
+        "incidence=excluded.incidence, ci_lo=excluded.ci_lo, ci_hi=excluded.ci_hi, t=excluded.t "
+        "WHERE excluded.t >= row_summaries.t",
+        (r.robot_id, r.survey_id, r.row, record_id, r.plants, r.diseased, r.uncertain, r.incidence,
+         r.ci_lo, r.ci_hi, r.t),
+    )
+
+
+def _store_heartbeat(c: sqlite3.Connection, record_id: str, r: Heartbeat) -> None:
+    c.execute(
+        "INSERT INTO heartbeats VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        (record_id, r.robot_id, r.survey_id, r.t, r.queue_depth, r.frames, r.fps, r.status,
+         r.lat, r.lon, r.row, r.metre),
+    )
+    c.execute(
+        "INSERT INTO robots(robot_id, queue_depth, frames, fps, status, survey_id, heartbeat_t) "
+        "VALUES (?,?,?,?,?,?,?) ON CONFLICT(robot_id) DO UPDATE SET queue_depth=excluded.queue_depth, "
+        "frames=excluded.frames, fps=excluded.fps, status=excluded.status, survey_id=excluded.survey_id, "
+        "heartbeat_t=excluded.heartbeat_t WHERE excluded.heartbeat_t >= coalesce(robots.heartbeat_t, 0)",
+        (r.robot_id, r.queue_depth, r.frames, r.fps, r.status, r.survey_id, r.t),
+    )
+
+
+_STORE = {PlantRecord: _store_plant, RowSummary: _store_row, Heartbeat: _store_heartbeat}
+
+
+def open_db(path: str | Path) -> StationDB:
+    """Open (creating if needed) the station database at ``path``."""
+    return StationDB(path)

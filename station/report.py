@@ -1,0 +1,314 @@
+"""Survey exports: one self-contained HTML report, a CSV of plant records, farmOS-shaped GeoJSON.
+
+The same functions serve the dashboard's download links (streamed) and the offline
+``leafscout report`` command (written to a folder).
+
+GeoJSON follows RFC 7946 (WGS 84, ``[lon, lat]``): one Point feature per plant whose
+properties are shaped like a farmOS observation log (``log_type``, ``name``,
+``timestamp`` in ISO 8601, ``status``, ``flag``, ``notes``) plus the survey fields
+(``crop``, ``disease``, ``label``, ``confidence``, ``plant_id``, ``row``, ``metre``).
+Plants recorded without a GPS position cannot be placed in WGS 84, so they are left out
+of the GeoJSON and counted in the collection's ``leafscout.skipped_without_position``
+member; they are still in the CSV (with their row and metre) and in every statistic.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import io
+import json
+import logging
+import math
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from robot.records import UNCERTAIN
+
+log = logging.getLogger(__name__)
+
+CSV_COLUMNS = ("record_id", "robot_id", "survey_id", "plant_id", "timestamp", "t", "label", "class_index",
+               "confidence", "diseased", "uncertain", "row", "metre", "lat", "lon", "frames")
+GALLERY_IN_REPORT = 24
+
+
+class ReportError(Exception):
+    """A report cannot be made (unknown survey, unreadable database, invalid export)."""
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    html: Path
+    csv: Path
+    geojson: Path
+    plants: int
+    features: int
+    skipped_without_position: int
+
+
+def iso_time(t: float) -> str:
+    """Unix seconds as ISO 8601 UTC with a 'Z' (what farmOS and most GIS tools parse)."""
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def crop_and_disease(label: str) -> tuple[str | None, str | None]:
+    """PlantVillage-style 'Crop___Disease' to ('Crop', 'Disease'); healthy -> disease None."""
+    if label == UNCERTAIN:
+        return None, None
+    crop, sep, disease = label.partition("___")
+    if not sep:
+        return None, label.replace("_", " ")
+    crop = crop.replace("_", " ").replace(",", "").strip()
+    disease = disease.replace("_", " ").strip()
+    return crop, None if "healthy" in disease.lower() else disease
+
+
+# -- CSV -----------------------------------------------------------------------------
+def csv_lines(conn: sqlite3.Connection, survey_id: str) -> Iterator[str]:
+    """The survey's plant records as CSV text, one line at a time (streams 100k rows)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+
+    def flush() -> str:
+        text = buf.getvalue()
+        buf.seek(0)
+        buf.truncate()
+        return text
+
+    writer.writerow(CSV_COLUMNS)
+    yield flush()
+    from station.web.queries import iter_plants
+
+    for p in iter_plants(conn, survey_id):
+        writer.writerow((p["record_id"], p["robot_id"], p["survey_id"], p["plant_id"], iso_time(p["t"]), p["t"],
+                         p["label"], p["class_index"], p["confidence"], p["diseased"], p["uncertain"],
+                         p["row"], p["metre"], p["lat"], p["lon"], p["frames"]))
+        if buf.tell() > 64 * 1024:
+            yield flush()
+    yield flush()
+
+
+# -- GeoJSON -------------------------------------------------------------------------
+def observation_feature(p: sqlite3.Row | dict) -> dict[str, Any]:
+    """One plant as a GeoJSON Point feature with farmOS observation-log properties."""
+    crop, disease = crop_and_disease(p["label"])
+    where = f"row {p['row']}, {p['metre']:.1f} m" if p["row"] is not None and p["metre"] is not None else "no row"
+    outcome = "uncertain" if p["uncertain"] else ("diseased" if p["diseased"] else "healthy")
+    flags = ["review"] if p["uncertain"] else (["monitor"] if p["diseased"] else [])
+    return {
+        "type": "Feature",
+        "id": p["record_id"],
+        "geometry": {"type": "Point", "coordinates": [round(p["lon"], 8), round(p["lat"], 8)]},
+        "properties": {
+            "log_type": "observation",
+            "name": f"Plant {p['plant_id']}: {p['label']} ({outcome})",
+            "timestamp": iso_time(p["t"]),
+            "status": "done",
+            "flag": flags,
+            "notes": f"leafscout survey {p['survey_id']}, robot {p['robot_id']}, {where}; seen in {p['frames']} frames",
+            "crop": crop,
+            "disease": disease,
+            "label": p["label"],
+            "outcome": outcome,
+            "confidence": round(float(p["confidence"]), 4),
+            "plant_id": p["plant_id"],
+            "row": p["row"],
+            "metre": p["metre"],
+            "survey_id": p["survey_id"],
+            "robot_id": p["robot_id"],
+        },
+    }
+
+
+def _has_position(p: sqlite3.Row | dict) -> bool:
+    return p["lat"] is not None and p["lon"] is not None and math.isfinite(p["lat"]) and math.isfinite(p["lon"])
+
+
+def geojson_chunks(conn: sqlite3.Connection, survey_id: str, counts: dict | None = None) -> Iterator[str]:
+    """The survey as a GeoJSON FeatureCollection, streamed as text chunks.
+
+    ``counts``, if given, receives ``features`` and ``skipped_without_position`` at the end.
+    """
+    from station.web.queries import iter_plants
+
+    yield '{"type": "FeatureCollection", "features": ['
+    n = skipped = 0
+    parts: list[str] = []
+    for p in iter_plants(conn, survey_id):
+        if not _has_position(p):
+            skipped += 1
+            continue
+        parts.append((",\n" if n else "\n") + json.dumps(observation_feature(p), separators=(",", ":")))
+        n += 1
+        if len(parts) >= 500:
+            yield "".join(parts)
+            parts.clear()
+    parts.append("\n], ")
+    meta = {"survey_id": survey_id, "features": n, "skipped_without_position": skipped,
+            "crs": "WGS 84 (RFC 7946)"}
+    if counts is not None:
+        counts.update(features=n, skipped_without_position=skipped)
+    parts.append(f'"leafscout": {json.dumps(meta)}}}\n')
+    yield "".join(parts)
+
+
+# The properties a farmOS import needs on every observation; checked by validate_observations.
+OBSERVATION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["log_type", "name", "timestamp", "status", "crop", "disease", "confidence", "plant_id"],
+    "properties": {
+        "log_type": {"const": "observation"},
+        "name": {"type": "string", "minLength": 1},
+        "timestamp": {"type": "string", "pattern": r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$"},
+        "status": {"enum": ["done", "pending"]},
+        "flag": {"type": "array", "items": {"enum": ["monitor", "review", "priority"]}},
+        "crop": {"type": ["string", "null"]},
+        "disease": {"type": ["string", "null"]},
+        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+        "plant_id": {"type": "integer"},
+        "row": {"type": ["integer", "null"]},
+    },
+}
+
+
+def validate_observations(text: str) -> list[str]:
+    """Problems with an observations file: GeoJSON validity (the ``geojson`` library) and
+    farmOS-shaped properties (JSON Schema). An empty list means valid."""
+    import geojson
+    import jsonschema
+
+    try:
+        doc = geojson.loads(text)
+    except ValueError as e:
+        return [f"not JSON: {e}"]
+    if not isinstance(doc, geojson.FeatureCollection):
+        return [f"expected a FeatureCollection, got {type(doc).__name__}"]
+    problems = [f"GeoJSON: {e}" for e in _as_list(doc.errors())]
+    validator = jsonschema.Draft202012Validator(OBSERVATION_SCHEMA)
+    for i, feature in enumerate(doc["features"]):
+        geometry = feature.get("geometry") or {}
+        if geometry.get("type") != "Point":
+            problems.append(f"feature {i}: geometry must be a Point, got {geometry.get('type')!r}")
+        elif len(geometry["coordinates"]) in (2, 3):
+            lon, lat = geometry["coordinates"][:2]
+            if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+                problems.append(f"feature {i}: [lon, lat] = [{lon}, {lat}] is outside WGS 84")
+        problems += [f"feature {i}: {e.message}" for e in validator.iter_errors(feature.get("properties") or {})]
+        if len(problems) > 20:
+            break
+    return problems
+
+
+def _as_list(errors: Any) -> list:
+    if not errors:
+        return []
+    return list(errors) if isinstance(errors, list) else [errors]
+
+
+# -- HTML report ---------------------------------------------------------------------
+def timeline_png(buckets: list) -> bytes:
+    """Incidence over time with its 95% band, as a PNG (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 2.8), dpi=100)
+    ax = fig.add_subplot()
+    decided = [b for b in buckets if b.incidence is not None]
+    if decided:
+        x = [datetime.fromtimestamp((b.t_start + b.t_end) / 2, tz=timezone.utc) for b in decided]
+        ax.fill_between(x, [100 * b.ci_lo for b in decided], [100 * b.ci_hi for b in decided],
+                        color="#d73027", alpha=0.15, linewidth=0, label="95% interval")
+        ax.plot(x, [100 * b.incidence for b in decided], color="#d73027", marker="o", ms=3, label="per interval")
+        ax.plot(x, [100 * b.cumulative for b in decided], color="#1f3b73", ls="--", label="running total")
+        ax.legend(loc="upper left", fontsize=8, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no decided plants", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("incidence (%)")
+    ax.set_xlabel("time (UTC)")
+    ax.grid(alpha=0.3)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    return out.getvalue()
+
+
+def render_report(conn: sqlite3.Connection, robots: list, survey_id: str, thumbnail=None, *,
+                  row_summaries: list = (), summary=None) -> str:
+    """The survey as one HTML document with inline CSS, SVG map, PNG plot and thumbnails.
+
+    ``robots`` are ``station.db.RobotInfo`` items, ``row_summaries`` the survey's
+    ``StationDB.rows``; ``thumbnail(record_id)`` returns JPEG bytes
+    (``StationDB.thumbnail``), or is None to leave the gallery out. ``summary`` may be
+    passed by a caller that keeps running aggregates (the dashboard); otherwise the
+    survey is aggregated once here.
+    """
+    from leafscout import __version__
+    from station.web import queries, rendering, svg, views
+    from station.web.aggregates import SurveyAggregates
+
+    if summary is None:
+        summary = SurveyAggregates().summary(conn, survey_id, row_summaries)
+    gallery = []
+    if thumbnail is not None:
+        for p in queries.flagged(conn, survey_id, limit=GALLERY_IN_REPORT):
+            jpeg = thumbnail(p["record_id"])
+            if jpeg:
+                gallery.append({**dict(p), "jpeg_b64": base64.b64encode(jpeg).decode("ascii")})
+    in_survey = {r.robot_id for r in robots if r.survey_id == survey_id} | _survey_robots(conn, survey_id)
+    return rendering.environment().get_template("report.html").render(
+        survey_id=survey_id,
+        s=summary,
+        version=__version__,
+        generated=views.utc_text(datetime.now(timezone.utc).timestamp()) + " UTC",
+        css=rendering.stylesheet(),
+        field_map_svg=svg.survey_map(summary),
+        timeline_png_b64=base64.b64encode(timeline_png(summary.timeline)).decode("ascii"),
+        robots=views.robot_views([r for r in robots if r.robot_id in in_survey]),
+        now=None,
+        gallery=gallery,
+    )
+
+
+def _survey_robots(conn: sqlite3.Connection, survey_id: str) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT DISTINCT robot_id FROM plants WHERE survey_id = ?", (survey_id,))}
+
+
+def write_report(db: Any, survey_id: str, out_dir: str | Path) -> ReportPaths:
+    """Write ``report.html``, ``plants.csv`` and ``observations.geojson`` for one survey.
+
+    ``db`` is a ``station.db.StationDB`` or the path of a station database.
+    """
+    from station.db import open_db
+    from station.web import queries
+
+    with contextlib.ExitStack() as stack:
+        if isinstance(db, (str, Path)):
+            if not Path(db).is_file():
+                raise ReportError(f"no station database at {str(db)!r}")
+            db = stack.enter_context(open_db(db))
+        conn = stack.enter_context(contextlib.closing(queries.connect_readonly(db.path)))
+        if not queries.survey_exists(conn, survey_id):
+            known = [s.survey_id for s in db.surveys()]
+            raise ReportError(f"survey {survey_id!r} is not in {db.path}; known surveys: {known or 'none'}")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = out / "report.html", out / "plants.csv", out / "observations.geojson"
+        html = render_report(conn, db.robots(), survey_id, db.thumbnail, row_summaries=db.rows(survey_id))
+        paths[0].write_text(html, encoding="utf-8")
+        with paths[1].open("w", encoding="utf-8", newline="") as f:
+            f.writelines(csv_lines(conn, survey_id))
+        counts: dict[str, int] = {}
+        with paths[2].open("w", encoding="utf-8") as f:
+            f.writelines(geojson_chunks(conn, survey_id, counts))
+    features, skipped = counts["features"], counts["skipped_without_position"]
+    log.info("survey %s: %d plants, %d observations (%d without position) -> %s",
+             survey_id, features + skipped, features, skipped, out)
+    return ReportPaths(*paths, features + skipped, features, skipped)

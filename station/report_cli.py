@@ -1,0 +1,53 @@
+"""``leafscout report``: the survey report, CSV and GeoJSON, from a station database, offline."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "report",
+        help="write a survey's HTML report, plant CSV and farmOS GeoJSON from a station database",
+        description="Write report.html (self-contained), plants.csv and observations.geojson for one "
+                    "survey. Works offline on a copy of the station database; the GeoJSON is validated.",
+    )
+    p.add_argument("--db", required=True, metavar="PATH",
+                   help="station database file (SQLite) written by `leafscout station`")
+    p.add_argument("--survey", metavar="ID", help="survey id to report on (default: list the surveys and stop)")
+    p.add_argument("--out", default="report_out", metavar="DIR",
+                   help="folder for the three files (created; default: report_out)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from station.db import open_db
+    from station.report import ReportError, validate_observations, write_report
+
+    if not Path(args.db).is_file():
+        print(f"error: no station database at {args.db!r}", file=sys.stderr)
+        return 2
+    if not args.survey:
+        with open_db(args.db) as db:
+            surveys = db.surveys()
+        if not surveys:
+            print(f"{args.db} holds no surveys yet")
+        for s in surveys:
+            print(f"{s.survey_id}\t{s.plants} plants\t{s.diseased} diseased\trobots {','.join(s.robots)}")
+        print("choose one with --survey ID", file=sys.stderr)
+        return 2 if surveys else 1
+    try:
+        paths = write_report(args.db, args.survey, args.out)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    problems = validate_observations(paths.geojson.read_text(encoding="utf-8"))
+    if problems:
+        print(f"error: {paths.geojson} is not valid: " + "; ".join(problems[:5]), file=sys.stderr)
+        return 1
+    print(f"{paths.html}\n{paths.csv}\n{paths.geojson}")
+    print(f"{paths.plants} plants; {paths.features} observations in the GeoJSON "
+          f"({paths.skipped_without_position} plants without a GPS position are only in the CSV)")
+    return 0

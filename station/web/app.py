@@ -1,0 +1,159 @@
+"""``create_app``: the dashboard's ASGI app for one station database.
+
+Routes live in :mod:`station.web.access` (sign-in, who may do what) and
+:mod:`station.web.routes` (pages, downloads, the write endpoint); this module wires
+them to one :class:`StationState` and maps the access errors to 401/403/404/413/429.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from leafscout import __version__
+from station.db import StationDB, open_db
+
+from . import access, queries, routes
+from .aggregates import SurveyAggregates, SurveySummary
+from .auth import SessionStore, UserStore
+from .pages import render
+from .ratelimit import RateLimiter, retry_after_header
+from .rendering import STATIC_DIR
+
+log = logging.getLogger(__name__)
+
+
+class _Readers:
+    """One read-only SQLite connection per worker thread, all closed at shutdown."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = queries.connect_readonly(self.path)
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+
+
+@dataclass
+class StationState:
+    """What every request handler shares (``request.app.state.station``)."""
+
+    db: StationDB
+    owns_db: bool
+    users: UserStore
+    sessions: SessionStore
+    limiter: RateLimiter
+    readers: _Readers
+    aggregates: SurveyAggregates
+    secure_cookies: bool
+
+    def summary(self, conn: sqlite3.Connection, survey_id: str) -> SurveySummary:
+        return self.aggregates.summary(conn, survey_id, self.db.rows(survey_id))
+
+
+def _user_store(users: UserStore | str | Path | dict) -> UserStore:
+    if isinstance(users, UserStore):
+        return users
+    if isinstance(users, dict):
+        return UserStore(users)
+    return UserStore.from_file(users)
+
+
+def create_app(
+    db: StationDB | str | Path,
+    users: UserStore | str | Path | dict,
+    *,
+    rate_per_s: float = 20.0,
+    burst: int = 120,
+    session_ttl_s: float = 12 * 3600,
+    secure_cookies: bool = False,
+) -> FastAPI:
+    """Build the dashboard for a station database.
+
+    ``db`` is an open ``StationDB`` (shared with the receivers) or a path to open;
+    ``users`` a ``UserStore``, a users-file path, or the file's ``users`` mapping.
+    ``rate_per_s``/``burst`` set each principal's token bucket. Set ``secure_cookies``
+    when the station is served over HTTPS.
+    """
+    owns_db = not isinstance(db, StationDB)
+    station_db = open_db(db) if owns_db else db
+    store = _user_store(users)
+    if len(store) == 0:
+        log.warning("no users configured: nobody can sign in (add one with `leafscout add-user`)")
+    with contextlib.closing(sqlite3.connect(str(station_db.path))) as conn:
+        conn.execute("PRAGMA busy_timeout = 5000")
+        queries.ensure_indexes(conn)
+    state = StationState(station_db, owns_db, store, SessionStore(session_ttl_s), RateLimiter(rate_per_s, burst),
+                         _Readers(station_db.path), SurveyAggregates(), secure_cookies)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        # Read what is already stored once, before the first page is asked for.
+        await run_in_threadpool(lambda: state.aggregates.refresh(state.readers.get()))
+        yield
+        state.readers.close()
+        if state.owns_db:
+            state.db.close()
+
+    app = FastAPI(title="leafscout station", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.station = state
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(access.router)
+    app.include_router(routes.router)
+    _add_error_pages(app)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict:
+        return {"ok": True}
+
+    return app
+
+
+def _add_error_pages(app: FastAPI) -> None:
+    def detail(status: int, message: str, headers: dict | None = None) -> Response:
+        return JSONResponse({"detail": message}, status, headers=headers)
+
+    @app.exception_handler(access.NotAuthenticated)
+    async def _unauthenticated(request: Request, _exc: Exception) -> Response:
+        if "text/html" in request.headers.get("accept", ""):  # a browser: show the sign-in form
+            return render(request, "signin.html", 401, error=None, next=request.url.path)
+        return detail(401, "sign in or send HTTP Basic credentials (user name, password or token)",
+                      {"WWW-Authenticate": 'Basic realm="leafscout station"'})
+
+    @app.exception_handler(access.Forbidden)
+    async def _forbidden(request: Request, exc: Exception) -> Response:
+        return detail(403, str(exc))
+
+    @app.exception_handler(access.RateLimited)
+    async def _rate_limited(request: Request, exc: access.RateLimited) -> Response:
+        return detail(429, str(exc), {"Retry-After": retry_after_header(exc.wait_s)})
+
+    @app.exception_handler(routes.NotFound)
+    async def _not_found(request: Request, exc: Exception) -> Response:
+        return detail(404, str(exc))
+
+    @app.exception_handler(routes.BodyTooLarge)
+    async def _too_large(request: Request, exc: Exception) -> Response:
+        return detail(413, str(exc))

@@ -1,0 +1,187 @@
+"""The dashboard's pages, downloads and the one write endpoint.
+
+Pages take their statistics from the running aggregates (:mod:`station.web.aggregates`)
+and their lists from index-backed queries, so they stay fast with 100,000 plants.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from robot.records import PlantRecord, RecordError, record_from_dict
+from station.report import csv_lines, geojson_chunks, render_report
+
+from . import queries, svg, views
+from .access import Forbidden, principal, station_state, writer
+from .auth import Principal
+from .pages import render
+
+MAX_WRITE_BODY = 256 * 1024
+MAX_THUMBNAIL = 64 * 1024
+GALLERY_PAGE = 48
+
+router = APIRouter()
+
+
+class NotFound(Exception):
+    """An unknown survey or thumbnail."""
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int):
+        super().__init__(f"request body larger than {limit} bytes")
+
+
+def _known_survey(request: Request, survey_id: str) -> sqlite3.Connection:
+    conn = station_state(request).readers.get()
+    if not queries.survey_exists(conn, survey_id):
+        raise NotFound(f"unknown survey {survey_id!r}")
+    return conn
+
+
+@dataclass(frozen=True)
+class _SurveyRow:
+    survey_id: str
+    plants: int
+    diseased: int
+    incidence: float | None
+    last_text: str
+
+
+# -- pages ---------------------------------------------------------------------------
+@router.get("/", response_class=HTMLResponse, name="index")
+def index(request: Request, who: Principal = Depends(principal)) -> Response:
+    state = station_state(request)
+    surveys = [_SurveyRow(sid, t.plants, t.diseased, t.incidence, views.utc_text(t.t_last) + " UTC" if t.t_last else "")
+               for sid, t in state.aggregates.all_totals(state.readers.get()).items()]
+    return render(request, "index.html", principal=who, surveys=surveys,
+                  robots=views.robot_views(state.db.robots()), now=time.time())
+
+
+@router.get("/surveys/{survey_id}", response_class=HTMLResponse, name="field_page")
+def field_page(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
+    state = station_state(request)
+    summary = state.summary(_known_survey(request, survey_id), survey_id)
+    robots = state.db.robots()
+    robots = [r for r in robots if r.survey_id == survey_id] or robots
+    return render(request, "field.html", principal=who, survey_id=survey_id, s=summary,
+                  field_map_svg=svg.survey_map(summary), timeline_svg=svg.incidence_over_time(summary.timeline),
+                  robots=views.robot_views(robots), now=time.time())
+
+
+@router.get("/surveys/{survey_id}/gallery", response_class=HTMLResponse, name="gallery_page")
+def gallery_page(request: Request, survey_id: str, page: int = Query(0, ge=0, le=100_000),
+                 who: Principal = Depends(principal)) -> Response:
+    conn = _known_survey(request, survey_id)
+    items = queries.flagged(conn, survey_id, limit=GALLERY_PAGE + 1, offset=page * GALLERY_PAGE)
+    return render(request, "gallery.html", principal=who, survey_id=survey_id, items=items[:GALLERY_PAGE],
+                  page=page, more=len(items) > GALLERY_PAGE)
+
+
+@router.get("/thumbnails/{record_id}", name="thumbnail")
+def thumbnail(request: Request, record_id: str, who: Principal = Depends(principal)) -> Response:
+    jpeg = station_state(request).db.thumbnail(record_id)
+    if jpeg is None:
+        raise NotFound(f"no thumbnail for record {record_id!r}")
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+
+# -- exports -------------------------------------------------------------------------
+def _attachment(survey_id: str, suffix: str) -> dict[str, str]:
+    return {"Content-Disposition": f"attachment; filename*=UTF-8''{quote(survey_id + suffix)}"}
+
+
+def _streamed(path: Path, chunks, survey_id: str):
+    """Run an export generator on its own connection (the response outlives the request thread)."""
+    conn = queries.connect_readonly(path)
+    try:
+        yield from chunks(conn, survey_id)
+    finally:
+        conn.close()
+
+
+@router.get("/surveys/{survey_id}/plants.csv", name="plants_csv")
+def plants_csv(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
+    _known_survey(request, survey_id)
+    return StreamingResponse(_streamed(station_state(request).db.path, csv_lines, survey_id),
+                             media_type="text/csv; charset=utf-8", headers=_attachment(survey_id, "_plants.csv"))
+
+
+@router.get("/surveys/{survey_id}/observations.geojson", name="observations_geojson")
+def observations_geojson(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
+    _known_survey(request, survey_id)
+    return StreamingResponse(_streamed(station_state(request).db.path, geojson_chunks, survey_id),
+                             media_type="application/geo+json",
+                             headers=_attachment(survey_id, "_observations.geojson"))
+
+
+@router.get("/surveys/{survey_id}/report.html", name="report_html")
+def report_html(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
+    state = station_state(request)
+    conn = _known_survey(request, survey_id)
+    html = render_report(conn, state.db.robots(), survey_id, state.db.thumbnail, summary=state.summary(conn, survey_id))
+    return HTMLResponse(html, headers=_attachment(survey_id, "_report.html"))
+
+
+@router.get("/api/surveys/{survey_id}/summary", name="summary_json")
+def summary_json(request: Request, survey_id: str, who: Principal = Depends(principal)) -> dict:
+    return asdict(station_state(request).summary(_known_survey(request, survey_id), survey_id))
+
+
+# -- writing (robots and admins only) -----------------------------------------------
+@router.post("/api/records", status_code=201, name="post_record")
+async def post_record(request: Request, who: Principal = Depends(writer)) -> Response:
+    """Store one record: ``{"record_id": "<robot_id>:<seq>", "record": {...}, "thumbnail_jpeg_b64": str?}``."""
+    body = await _read_capped(request, MAX_WRITE_BODY)
+    try:
+        msg = json.loads(body)
+        if not isinstance(msg, dict) or not isinstance(msg.get("record_id"), str):
+            raise RecordError('expected {"record_id": "<robot_id>:<seq>", "record": {...}}')
+        record = record_from_dict(msg.get("record"))
+        if not msg["record_id"].startswith(f"{record.robot_id}:"):
+            # Ids are the duplicate filter: a foreign prefix could shadow another robot's records.
+            raise RecordError(f"record_id {msg['record_id']!r} must start with {record.robot_id + ':'!r}")
+        thumb = _thumbnail(msg.get("thumbnail_jpeg_b64"), record)
+    except (ValueError, RecordError) as e:
+        return JSONResponse({"detail": f"bad record: {e}"}, 422)
+    if who.role == "robot" and record.robot_id != who.name:
+        raise Forbidden(f"robot {who.name!r} may only post its own records, not {record.robot_id!r}'s")
+    db = station_state(request).db
+    stored = await run_in_threadpool(db.insert_record, msg["record_id"], record, thumb, "http")
+    return JSONResponse({"stored": stored, "duplicate": not stored}, 201 if stored else 200)
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _thumbnail(b64: Any, record: Any) -> bytes | None:
+    if b64 is None:
+        return None
+    if not isinstance(record, PlantRecord):
+        raise ValueError("only plant records carry a thumbnail")
+    if not isinstance(b64, str):
+        raise ValueError("thumbnail_jpeg_b64 must be a base64 string")
+    jpeg = base64.b64decode(b64, validate=True)
+    if len(jpeg) > MAX_THUMBNAIL or not jpeg.startswith(b"\xff\xd8"):
+        raise ValueError(f"thumbnail must be a JPEG of at most {MAX_THUMBNAIL} bytes")
+    return jpeg

@@ -1,0 +1,42 @@
+"""The dashboard as a service of the ``leafscout station`` process (see ``station.cli``).
+
+``station.cli`` runs ``SERVICES`` beside the receivers and lets ``OPTION_HOOKS`` add
+options; hooking these two functions in adds ``--http HOST:PORT`` and ``--users FILE``::
+
+    from station.web.station_service import add_options, start_dashboard
+    OPTION_HOOKS.append(add_options)
+    SERVICES.append(start_dashboard)
+
+The dashboard shares the receivers' ``StationDB`` (one writer connection) and reads
+through its own read-only connections, so pages never wait for a receiver's commit.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--http", metavar="HOST:PORT",
+                        help="serve the web dashboard here, e.g. 127.0.0.1:8080 (0.0.0.0:8080 for the whole "
+                             "network); default: no dashboard")
+    parser.add_argument("--users", metavar="FILE", default="station_users.json",
+                        help="dashboard users file made by `leafscout add-user` (default: station_users.json)")
+    parser.add_argument("--http-rate", type=float, default=20.0, metavar="PER_S",
+                        help="requests per second allowed per user or client address (default 20; burst 6x)")
+
+
+def start_dashboard(station, args: argparse.Namespace):
+    """Start the dashboard for ``station.db`` when ``--http`` was given; returns it (``.close()``)."""
+    if not getattr(args, "http", None):
+        return None
+    from .app import create_app
+    from .server import WebServer, parse_address
+
+    host, port = parse_address(args.http)
+    app = create_app(station.db, args.users, rate_per_s=args.http_rate, burst=max(1, int(6 * args.http_rate)))
+    web = WebServer(app, host, port).start()
+    print(f"dashboard at {web.url}", flush=True)
+    return web
