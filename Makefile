@@ -5,7 +5,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := mosquitto chromium
 
 .PHONY: install sysdeps test demo bench clean
 
@@ -17,18 +16,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# System packages: a real MQTT broker and a real headless browser for the tests.
+# System packages: a real MQTT broker, a real headless browser and openssl (TLS tests).
+# Each entry is program:debian-package.
+SYSTEM_PROGRAMS := mosquitto:mosquitto mosquitto_passwd:mosquitto chromium:chromium openssl:openssl
+
 sysdeps:
 	@missing=""; \
-	command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$$missing mosquitto"; \
-	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	for entry in $(SYSTEM_PROGRAMS); do \
+	  prog=$${entry%%:*}; pkg=$${entry##*:}; \
+	  command -v $$prog >/dev/null 2>&1 || [ -x /usr/sbin/$$prog ] || missing="$$missing $$pkg"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing system packages:$$missing"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else \
-	    echo "leafscout needs these Debian packages:$$missing"; \
-	    echo "  run: sudo apt-get install$$missing   (or run make as root)"; \
+	    echo "leafscout's tests and demo need these Debian packages:$$missing"; \
+	    echo "  run: sudo apt-get install -y$$missing   (or run make as root)"; \
 	  fi; \
 	fi
 
