@@ -43,7 +43,7 @@ demo: install sysdeps
 	$(PY) -m leafscout.demo
 
 bench: install sysdeps
-	$(PY) -m leafscout.bench
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) demo_out bench_out .pytest_cache

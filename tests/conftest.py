@@ -36,3 +36,17 @@ def plantvillage_dir() -> Path | None:
 def plantvillage_csv() -> Path | None:
     p = SHARED_DATA / "plantvillage.csv"
     return p if p.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A lenet_bn bundle trained for a few steps on synthetic leaves, exported through deploy (~10 s)."""
+    from deploy.export import export_bundle
+    from deploy.testing import make_tiny_run
+
+    root = tmp_path_factory.getbasetemp() / "robot_tiny_bundle"
+    if not (root / "bundle" / "manifest.json").is_file():
+        calibration = {"temperature": 1.0, "abstain_below": 0.5}
+        ckpt = make_tiny_run(root / "run", model_name="lenet_bn", per_class=40, steps=80, calibration=calibration)
+        export_bundle(ckpt, root / "bundle")
+    return root / "bundle"

@@ -1,0 +1,214 @@
+"""`leafscout simulate` and `leafscout run`: a field in a computer, and the robot loop over any camera."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "build_sinks"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "simulate",
+        help="render a simulated field survey (video, NMEA log, truth) from leaf images",
+        description="Compose leaves onto soil along crop rows and film the robot driving them: writes "
+        "field.avi (640x480 MJPG), gps.nmea, field.json (row geometry) and truth.json to --out.",
+    )
+    p.add_argument("--out", type=Path, required=True, help="run directory to write")
+    p.add_argument("--leaves", type=Path, default=None,
+                   help="PlantVillage-layout folder of real leaves (default: synthetic leaves)")
+    p.add_argument("--split", type=Path, default=None,
+                   help="split.json of a training run, or a deploy bundle directory: plant only leaves of "
+                   "--part of its split (images the model never saw)")
+    p.add_argument("--part", default="test", choices=("train", "val", "test"),
+                   help="which part of --split to plant (default test)")
+    p.add_argument("--per-class", type=int, default=40, help="real leaves loaded per class, at most (default 40)")
+    p.add_argument("--rows", type=int, default=3, help="crop rows (default 3)")
+    p.add_argument("--row-length", type=float, default=6.0, help="row length in metres (default 6)")
+    p.add_argument("--lines", type=int, default=3, help="staggered plant lines per row (default 3: ~10 leaves in view)")
+    p.add_argument("--spacing", type=float, default=0.48, help="plant spacing along a line, metres (default 0.48)")
+    p.add_argument("--speed", type=float, default=1.0, help="robot speed, m/s (default 1)")
+    p.add_argument("--fps", type=float, default=20.0, help="camera frame rate (default 20)")
+    p.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same field and video")
+    p.set_defaults(func=_simulate)
+
+    p = subparsers.add_parser(
+        "run",
+        help="run the robot: find, classify, count and map diseased plants from a camera or recording",
+        description="Camera sources: a video file, a folder of images, /dev/videoN or an index, an rtsp:// "
+        "URL, a GStreamer pipeline (contains '!') or sim[:rows=2,length=4,...]. Recordings are replayed "
+        "frame by frame and give the same report on every run (all keys but timing_ms).",
+    )
+    p.add_argument("--camera", required=True, help="camera source (see above)")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="deploy bundle directory (default: the packaged reference bundle)")
+    p.add_argument("--gps", default=None,
+                   help="GPS: a pyserial URL (/dev/ttyUSB0, a pty, loop://) or a recorded NMEA file; "
+                   "the simulator source needs none")
+    p.add_argument("--baud", type=int, default=9600, help="GPS serial speed (default 9600)")
+    p.add_argument("--field", type=Path, default=None,
+                   help="field.json row geometry to map GPS to row and metre (default: field.json beside "
+                   "a recorded --gps file, if there is one)")
+    p.add_argument("--report", type=Path, default=None, help="write the JSON report here")
+    p.add_argument("--db", type=Path, default=None,
+                   help="survey SQLite file; a restarted robot continues the survey (default: in memory)")
+    p.add_argument("--survey", default="survey-1", help="survey id; an existing one is continued (default survey-1)")
+    p.add_argument("--robot-id", default="robot-1", help="this robot's id in records (default robot-1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for onnxruntime and OpenCV (default: all cores)")
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
+                   help="use the bundle's int8 model (--no-int8: fp32; default: int8 when the bundle has one)")
+    p.add_argument("--providers", default=None,
+                   help="comma-separated onnxruntime providers in order of preference (default: CUDA and "
+                   "TensorRT when present, else CPU)")
+    p.add_argument("--abstain-below", type=float, default=None,
+                   help="confidence under which a plant is 'uncertain' (default: the bundle's threshold)")
+    p.add_argument("--crop-fill", type=int, default=None, metavar="GREY",
+                   help="paint the soil around each leaf this grey level (0-255) before classifying, for "
+                   "models that learned a photo backdrop (default: classify the crop as filmed)")
+    link = p.add_argument_group("telemetry (records go through a durable outbox to the station)")
+    link.add_argument("--serial", default=None, help="telemetry radio/serial port URL (/dev/ttyUSB0, socket://h:p, a pty)")
+    link.add_argument("--serial-baud", type=int, default=115200, help="telemetry serial speed (default 115200)")
+    link.add_argument("--mqtt", default=None, help="telemetry MQTT broker URL mqtt://user:pass@host:port")
+    link.add_argument("--outbox", type=Path, default=Path("outbox.db"),
+                      help="telemetry outbox SQLite file (default outbox.db; used with --serial or --mqtt)")
+    link.add_argument("--hmac-key-file", type=Path, default=None, help="file with the HMAC key shared with the station")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--live", dest="live", action="store_true", default=None,
+                      help="process the newest frame, dropping frames when behind (default for cameras)")
+    mode.add_argument("--replay", dest="live", action="store_false",
+                      help="process every frame of a recording (default for files, folders, sim)")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--truth", type=Path, default=None,
+                   help="a simulated field's truth.json: print how the counts and incidence compare")
+    p.set_defaults(func=_run)
+
+
+def build_sinks(args: argparse.Namespace, stack: Any) -> list[Any]:
+    """Telemetry sinks from the command line, closed by ``stack`` (a ``contextlib.ExitStack``).
+
+    Each sink has ``submit(record, thumbnail=None)`` and never blocks the loop; none
+    when neither ``--serial`` nor ``--mqtt`` is given.
+    """
+    if not (args.serial or args.mqtt):
+        return []
+    from .telemetry import open_sinks, read_key
+
+    return stack.enter_context(open_sinks(
+        serial=args.serial, mqtt=args.mqtt, outbox_path=args.outbox, robot_id=args.robot_id,
+        hmac_key=read_key(args.hmac_key_file), baudrate=args.serial_baud,
+    ))
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .simulate import FieldConfig, LeafBank, SimulationError, simulate_run
+
+    try:
+        config = FieldConfig(rows=args.rows, row_length_m=args.row_length, lines=args.lines,
+                             plant_spacing_m=args.spacing, speed_m_s=args.speed, fps=args.fps, seed=args.seed)
+        if args.leaves is not None:
+            leaves = LeafBank.from_folder(args.leaves, split=args.split, part=args.part,
+                                          per_class=args.per_class, seed=args.seed)
+        elif args.split is not None:
+            raise SimulationError("--split needs --leaves (the image folder the split refers to)")
+        else:
+            leaves = LeafBank.synthetic(seed=args.seed)
+        out = simulate_run(args.out, config, leaves=leaves, progress=True)
+    except (SimulationError, ValueError, OSError) as e:
+        print(f"leafscout simulate: error: {e}", file=sys.stderr)
+        return 2
+    truth = json.loads((out / "truth.json").read_text())
+    print(f"{truth['plants_total']} plants ({truth['diseased_total']} diseased) in {len(truth['rows'])} rows, "
+          f"{truth['frames']} frames -> {out}")
+    return 0
+
+
+def _positions(args: argparse.Namespace, stack: Any) -> Any:
+    from .gps import FieldGeometry, FramePosition, GpsPosition, GpsReader, NmeaLog
+
+    if args.gps is None:
+        return FramePosition() if args.camera.startswith("sim") else None
+    field_path = args.field
+    gps_path = Path(args.gps)
+    recorded = gps_path.is_file()
+    if field_path is None and recorded and (gps_path.parent / "field.json").is_file():
+        field_path = gps_path.parent / "field.json"
+    field = FieldGeometry.load(field_path) if field_path is not None else None
+    gps = NmeaLog(gps_path) if recorded else stack.enter_context(GpsReader(args.gps, baudrate=args.baud))
+    return GpsPosition(gps, field)
+
+
+def _providers(arg: str | None) -> list[str]:
+    if arg:
+        return [p.strip() for p in arg.split(",") if p.strip()]
+    import onnxruntime as ort
+
+    preferred = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    return [p for p in preferred if p in ort.get_available_providers()] + ["CPUExecutionProvider"]
+
+
+def _run(args: argparse.Namespace) -> int:
+    import contextlib
+
+    import cv2
+
+    from vision.bundle import BundleError, default_bundle_path, load_bundle
+    from vision.classifier import ClassifierError, LeafClassifier
+
+    from .camera import CameraError, open_capture
+    from .gps import GpsError
+    from .runtime import Runtime, RuntimeConfig, write_report
+    from .simulate import SimulationError
+    from .survey_store import SurveyStore, SurveyStoreError
+    from .telemetry import TelemetryError
+
+    if args.threads is not None:
+        if args.threads < 1:
+            print(f"leafscout run: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
+            return 2
+        cv2.setNumThreads(args.threads)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        with contextlib.ExitStack() as stack:
+            bundle = load_bundle(args.bundle or default_bundle_path(), int8=args.int8,
+                                 providers=_providers(args.providers), threads=args.threads)
+            classifier = LeafClassifier(bundle, abstain_below=args.abstain_below)
+            positions = _positions(args, stack)
+            capture = stack.enter_context(open_capture(args.camera, live=args.live))
+            store = stack.enter_context(SurveyStore(args.db))
+            if args.crop_fill is not None and not 0 <= args.crop_fill <= 255:
+                raise ClassifierError(f"--crop-fill must be a grey level 0-255, got {args.crop_fill}")
+            config = RuntimeConfig(robot_id=args.robot_id, survey_id=args.survey, crop_fill=args.crop_fill)
+            sinks = build_sinks(args, stack)
+            runtime = Runtime(capture, classifier, store, positions=positions, sinks=sinks, config=config)
+            report = runtime.run(stop=stop, max_frames=args.max_frames)
+    except (BundleError, CameraError, GpsError, SurveyStoreError, SimulationError, ClassifierError,
+            TelemetryError, OSError) as e:
+        print(f"leafscout run: error: {e}", file=sys.stderr)
+        return 2
+    if args.report is not None:
+        write_report(args.report, report)
+    print(runtime.timer.format_table())
+    print(f"plants {report['plants']}, diseased {report['diseased']}, uncertain {report['uncertain']}, "
+          f"incidence {report['incidence']:.3f} (95% CI {report['ci95'][0]:.3f}-{report['ci95'][1]:.3f})")
+    for row in report["rows"]:
+        print(f"  row {row['row']}: {row['plants']} plants, {row['diseased']} diseased, {row['uncertain']} uncertain, "
+              f"incidence {row['incidence']:.3f} [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]")
+    if args.truth is not None:
+        from .simulate import score_report
+
+        score = score_report(report, json.loads(args.truth.read_text()))
+        print(f"truth: {score['plants_truth']} plants planted, counted {score['count_error_pct']:+.2f} %; "
+              f"worst row incidence {score['max_row_error_points']:.1f} points off")
+        for r in score["rows"]:
+            print(f"  row {r['row']}: incidence {r['incidence']:.3f} vs true {r['incidence_truth']:.3f} "
+                  f"({r['error_points']:+.1f} points), {r['plants']}/{r['plants_truth']} plants")
+    return 0

@@ -1,0 +1,281 @@
+"""The robot loop: capture -> localize -> track -> classify -> count -> statistics -> telemetry.
+
+One frame at a time, short enough to read at a glance (``Runtime._step``). Plants
+are classified a few times while fully in view (not on every frame: that keeps a
+whole frame within a few milliseconds on one core), counted once when their track
+ends, stored in the survey database, and handed to the telemetry sinks, which only
+enqueue. The report of a recording is reproducible: every key except ``timing_ms``
+(wall-clock measurements) is identical, byte for byte, on every run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import cv2
+import numpy as np
+
+from vision.classifier import LeafClassifier
+from vision.localize import LeafLocalizer, LocalizeConfig, masked_square_crop, square_crop
+
+from .camera import Capture, Frame
+from .field_stats import FieldStats, wilson_interval
+from .gps import GpsReader, NmeaLog, Position, PositionSource
+from .records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
+from .survey_store import SurveyStore
+from .timing import StageTimer
+from .tracker import PlantTracker, Track, TrackerConfig
+
+__all__ = ["Sink", "RuntimeConfig", "Runtime", "write_report", "report_bytes", "REPORT_FORMAT"]
+
+log = logging.getLogger(__name__)
+
+REPORT_FORMAT = "leafscout-run-report/1"
+
+
+class Sink(Protocol):
+    """A telemetry link: ``submit`` must only enqueue, never block the loop."""
+
+    def submit(self, record: PlantRecord | RowSummary | Heartbeat, thumbnail: bytes | None = None) -> None: ...
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    robot_id: str = "robot-1"
+    survey_id: str = "survey-1"
+    heartbeat_every_s: float = 5.0  # of stream time
+    summary_every_s: float = 2.0  # changed rows are summarised at most this often (stream time)
+    thumbnail_px: int = 96
+    crop_margin: float = 0.08
+    crop_fill: int | None = None  # paint the soil around a leaf this grey before classifying (None: keep it)
+    frame_timeout_s: float = 5.0  # live: heartbeat "no-camera" after this long without a frame
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    localize: LocalizeConfig = field(default_factory=LocalizeConfig)
+
+
+def _jpeg(crop: np.ndarray, px: int) -> bytes:
+    scale = px / max(crop.shape[:2])
+    small = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
+                       interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    return buf.tobytes() if ok else b""
+
+
+class Runtime:
+    """Runs one session of a survey over a capture; ``run()`` returns the report dict."""
+
+    def __init__(
+        self,
+        capture: Capture,
+        classifier: LeafClassifier,
+        store: SurveyStore,
+        *,
+        positions: PositionSource | None = None,
+        sinks: Sequence[Sink] = (),
+        config: RuntimeConfig | None = None,
+    ) -> None:
+        self.capture = capture
+        self.classifier = classifier
+        self.store = store
+        self.positions = positions
+        self.sinks = list(sinks)
+        self.config = config or RuntimeConfig()
+        self.localizer = LeafLocalizer(self.config.localize)
+        self.timer = StageTimer()
+        self.tracker: PlantTracker | None = None
+        self.frames = 0
+        self.detections = 0
+        self.views = 0
+        self.uncertain_views = 0
+        self.sink_errors = 0
+        self.lags: list[float] = []
+        self._dirty_rows: set = set()
+        self._next_summary = self._next_heartbeat = None
+        self._last_where = Position()
+        self._state = None
+
+    # -- the loop --------------------------------------------------------------------
+    def run(self, *, stop: threading.Event | None = None, max_frames: int | None = None) -> dict[str, Any]:
+        stop = stop or threading.Event()
+        self._state = self.store.open_survey(self.config.survey_id, self.config.robot_id)
+        self.timer.start_frame()
+        while not stop.is_set() and (max_frames is None or self.frames < max_frames):
+            try:
+                frame = self.capture.read(timeout=self.config.frame_timeout_s)
+            except TimeoutError:
+                self._heartbeat(time.time(), status="no-camera")
+                self.timer.start_frame()
+                continue
+            if frame is None:
+                break
+            self._step(frame)
+        if self.tracker is not None:  # end of stream: every plant still in view is counted now
+            ended = self.tracker.flush()
+            self._classify(None, -1, [], [t for t in ended if not t.votes and t.best_crop is not None])
+            self._count(ended, self._last_where)
+        self._summaries(force=True)
+        return self.report()
+
+    def _step(self, frame: Frame) -> None:
+        image = frame.image
+        if self.capture.live:
+            self.lags.append(time.monotonic() - frame.t_capture)
+        self.timer.lap("capture")
+        detections = self.localizer(image)
+        self.detections += len(detections)
+        self.timer.lap("localize")
+        if self.tracker is None:
+            self.tracker = PlantTracker((image.shape[1], image.shape[0]), self.config.tracker)
+        where = self.positions.locate(frame) if self.positions else Position(t=frame.t)
+        if where.t is None:
+            where = Position(frame.t, where.lat, where.lon, where.row, where.metre)
+        self._last_where = where
+        ended = self.tracker.update(detections, frame.index, where)
+        for t in self.tracker.needs_fallback_view(frame.index):
+            self.tracker.keep_fallback_view(t, self._crop(image, t))
+        due = self.tracker.due(frame.index)
+        self.timer.lap("track")
+        self._classify(image, frame.index, due, [t for t in ended if not t.votes and t.best_crop is not None])
+        self.timer.lap("classify")
+        self._count(ended, where)
+        self.timer.lap("statistics")
+        self.frames += 1
+        self.timer.end_frame()
+        self.timer.start_frame()
+
+    def _classify(self, image: np.ndarray | None, index: int, due: list[Track], fallback: list[Track]) -> None:
+        """All crops of the frame in one batch: plants due a vote, and ended plants never fully seen."""
+        crops = [self._crop(image, t) for t in due]
+        crops += [t.best_crop for t in fallback]
+        if not crops:
+            return
+        probs = self.classifier.probs(crops)
+        threshold = self.classifier.abstain_below
+        for track, p, crop in zip([*due, *fallback], probs, crops):
+            self.tracker.add_vote(track, p, index, crop)
+            self.views += 1
+            self.uncertain_views += int(p.max() < threshold)
+
+    def _crop(self, image: np.ndarray, track: Track) -> np.ndarray:
+        cfg = self.config
+        if cfg.crop_fill is None or track.detection is None:
+            return square_crop(image, track.box, cfg.crop_margin)
+        return masked_square_crop(image, track.detection, cfg.crop_margin, cfg.crop_fill)
+
+    # -- counting and telemetry -------------------------------------------------------
+    def _count(self, tracks: list[Track], now: Position) -> None:
+        cfg, state = self.config, self._state
+        for track in sorted(tracks, key=lambda t: t.id):
+            if not track.votes:  # seen, but never a usable view (e.g. only a sliver at the edge)
+                continue
+            decision = self.classifier.vote(np.stack(track.votes))
+            label = UNCERTAIN if decision.uncertain else self.classifier.classes[decision.index]
+            where: Position = track.where or now
+            record = PlantRecord(
+                cfg.robot_id, cfg.survey_id, state.next_plant_id, round(float(where.t), 3), label, decision.index,
+                round(decision.confidence, 6), track.frames, where.row,
+                None if where.metre is None else round(where.metre, 3), where.lat, where.lon,
+            )
+            state.next_plant_id += 1
+            self.store.add_plant(record)
+            state.stats.add(record)
+            self._dirty_rows.add(record.row)
+            thumb = None
+            if (record.diseased or record.uncertain) and track.best_crop is not None:
+                thumb = _jpeg(track.best_crop, cfg.thumbnail_px)
+            self._submit(record, thumb)
+        t = now.t if now.t is not None else 0.0
+        if self._next_summary is None or t >= self._next_summary:
+            self._summaries()
+            self._next_summary = t + cfg.summary_every_s
+        if self._next_heartbeat is None or t >= self._next_heartbeat:
+            self._heartbeat(t)
+            self._next_heartbeat = t + cfg.heartbeat_every_s
+
+    def _summaries(self, force: bool = False) -> None:
+        stats: FieldStats = self._state.stats
+        t = self._last_where.t or 0.0
+        rows = stats.rows if force else self._dirty_rows
+        for row in sorted(rows, key=lambda r: (r is None, r or 0)):
+            if row in stats.rows:
+                self._submit(stats.rows[row].summary(self.config.robot_id, self.config.survey_id, float(t)))
+        self._dirty_rows.clear()
+
+    def _heartbeat(self, t: float, status: str = "ok") -> None:
+        w = self._last_where
+        depth = sum(int(getattr(s, "queue_depth", 0) or 0) for s in self.sinks)
+        fps = 1000.0 / self.timer.mean_ms()["total"] if self.timer.frames else 0.0
+        self._submit(Heartbeat(self.config.robot_id, float(t), depth, self.frames, round(fps, 2), status,
+                               self.config.survey_id, w.lat, w.lon, w.row, w.metre))
+
+    def _submit(self, record: PlantRecord | RowSummary | Heartbeat, thumbnail: bytes | None = None) -> None:
+        for sink in self.sinks:
+            try:
+                if thumbnail is None:
+                    sink.submit(record)
+                else:
+                    sink.submit(record, thumbnail=thumbnail)
+            except Exception:  # noqa: BLE001 - a broken link must not stop the survey
+                self.sink_errors += 1
+                log.exception("telemetry sink %r failed; the survey goes on", sink)
+
+    # -- the report ------------------------------------------------------------------
+    def report(self) -> dict[str, Any]:
+        stats: FieldStats = self._state.stats
+        total = stats.total()
+        lo, hi = wilson_interval(total.diseased, total.decided)
+        rep: dict[str, Any] = {
+            "format": REPORT_FORMAT,
+            "survey": self.config.survey_id,
+            "robot_id": self.config.robot_id,
+            "session": self._state.sessions,
+            "source": self.capture.name,
+            "mode": "live" if self.capture.live else "replay",
+            "frames": self.frames,
+            "plants": total.plants,
+            "diseased": total.diseased,
+            "uncertain": total.uncertain,
+            "incidence": round(total.incidence, 6),
+            "ci95": [round(lo, 6), round(hi, 6)],
+            "by_class": {k: v for k, v in sorted(total.by_class.items()) if k != UNCERTAIN},
+            "rows": [r.to_json() for r in stats.sorted_rows()],
+            "classifier": {
+                "classes": len(self.classifier.classes), "abstain_below": self.classifier.abstain_below,
+                "views": self.views, "uncertain_views": self.uncertain_views, "batches": self.classifier.calls,
+            },
+            "tracker": {
+                "noise_tracks": self.tracker.noise_tracks if self.tracker else 0,
+                "leaves_per_frame": round(self.detections / max(self.frames, 1), 3),
+            },
+            "camera": self.capture.stats.as_dict(),
+        }
+        if self.positions is not None and isinstance(getattr(self.positions, "gps", None), (GpsReader, NmeaLog)):
+            rep["gps"] = vars(self.positions.gps.counters).copy()
+        if self.capture.live:
+            lags = np.array(self.lags or [0.0]) * 1000
+            rep["live"] = {"max_lag_ms": round(float(lags.max()), 2), "mean_lag_ms": round(float(lags.mean()), 2),
+                           "frame_period_ms": round(1000.0 / (self.capture.fps or 30.0), 2),
+                           "dropped": self.capture.stats.dropped}
+        if self.sink_errors:
+            rep["sink_errors"] = self.sink_errors
+        rep["timing_ms"] = self.timer.mean_ms()  # last: the only wall-clock part of the report
+        return rep
+
+
+def report_bytes(report: dict[str, Any]) -> bytes:
+    return (json.dumps(report, indent=1, ensure_ascii=False) + "\n").encode()
+
+
+def write_report(path: str | os.PathLike, report: dict[str, Any]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(report_bytes(report))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,94 @@
+"""Leaf localization on frames with a known number of leaves, lesions, and bare soil."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from robot.simulate import LeafImage, paste_leaf, soil_texture
+from training.synthetic import SYNTHETIC_CLASSES, draw_leaf
+from vision.localize import LeafLocalizer, LocalizeConfig, LocalizeError, masked_square_crop, square_crop
+
+
+# Blight can turn most of a leaf soil-brown; colour alone cannot find such a leaf (a known limit).
+CLASSES = [c for c in SYNTHETIC_CLASSES if "blight" not in c]
+
+
+def field_frame(seed: int, n_leaves: int) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """A 640x480 soil frame with ``n_leaves`` synthetic leaves on a grid (no two touch)."""
+    rng = np.random.default_rng(seed)
+    frame = soil_texture(rng, 480, 640)
+    cells = [(80 + 160 * (i % 4), 80 + 160 * (i // 4)) for i in range(12)]
+    centres = [cells[i] for i in sorted(rng.permutation(12)[:n_leaves])]
+    for k, (cx, cy) in enumerate(centres):
+        img, mask = draw_leaf(rng, CLASSES[k % len(CLASSES)], 160)
+        ys, xs = np.nonzero(mask)
+        leaf = LeafImage("x", img[ys.min():ys.max() + 1, xs.min():xs.max() + 1],
+                         mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1], "test")
+        paste_leaf(frame, leaf, cx, cy, int(rng.integers(80, 110)), float(rng.uniform(0, 360)))
+    return frame, centres
+
+
+@pytest.mark.parametrize("seed,n", [(0, 1), (1, 5), (2, 10), (3, 12)])
+def test_counts_leaves_in_a_frame(seed: int, n: int) -> None:
+    frame, centres = field_frame(seed, n)
+    dets = LeafLocalizer()(frame)
+    assert len(dets) == n
+    for cx, cy in centres:  # every leaf is found where it was put
+        assert any(d.box[0] <= cx <= d.box[2] and d.box[1] <= cy <= d.box[3] for d in dets)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bare_soil_gives_no_detections(seed: int) -> None:
+    frame = soil_texture(np.random.default_rng(100 + seed), 480, 640)
+    ok, jpg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 75])  # compression artefacts too
+    assert LeafLocalizer()(frame) == [] and LeafLocalizer()(cv2.imdecode(jpg, cv2.IMREAD_COLOR)) == []
+
+
+def test_brown_and_yellow_lesions_stay_inside_the_leaf() -> None:
+    frame = soil_texture(np.random.default_rng(7), 480, 640)
+    cv2.ellipse(frame, (320, 240), (120, 70), 20, 0, 360, (40, 140, 60), -1)  # green leaf
+    cv2.circle(frame, (300, 235), 35, (40, 60, 95), -1)  # brown necrosis, soil-coloured, in the middle
+    cv2.ellipse(frame, (420, 275), (25, 15), 20, 0, 360, (40, 200, 220), -1)  # yellow chlorosis at the tip
+    dets = LeafLocalizer()(frame)
+    assert len(dets) == 1
+    d = dets[0]
+    x0, y0, x1, y1 = d.box
+    assert x0 <= 215 and x1 >= 425 and y0 <= 190 and y1 >= 290  # the whole leaf, tip included
+    mask = d.mask
+    assert mask.shape == (d.height, d.width)
+    assert mask[235 - y0, 300 - x0] and mask[275 - y0, 420 - x0]  # lesion pixels are leaf pixels
+    assert not mask[0, 0]  # the box corner is soil
+
+
+def test_boxes_are_in_full_frame_pixels_at_any_resolution() -> None:
+    frame, centres = field_frame(4, 3)
+    big = cv2.resize(frame, (1280, 960), interpolation=cv2.INTER_LINEAR)
+    small_dets, big_dets = LeafLocalizer()(frame), LeafLocalizer()(big)
+    assert len(big_dets) == len(small_dets) == 3
+    for a, b in zip(sorted(d.centroid for d in small_dets), sorted(d.centroid for d in big_dets)):
+        assert b == pytest.approx((2 * a[0], 2 * a[1]), abs=6)
+
+
+def test_masked_crop_keeps_the_leaf_and_paints_the_soil() -> None:
+    frame, (centre,) = field_frame(5, 1)
+    (d,) = LeafLocalizer()(frame)
+    crop = masked_square_crop(frame, d, margin=0.1, fill=128)
+    plain = square_crop(frame, d.box, margin=0.1)
+    assert crop.shape == plain.shape and not np.shares_memory(crop, frame)
+    assert (crop[0, 0] == 128).all()  # the corner was soil
+    c = crop.shape[0] // 2
+    assert (crop[c - 3 : c + 3, c - 3 : c + 3] == plain[c - 3 : c + 3, c - 3 : c + 3]).all()  # the leaf is untouched
+
+
+def test_square_crop_is_a_clipped_square_view() -> None:
+    frame = np.zeros((480, 640, 3), np.uint8)
+    crop = square_crop(frame, (600, 10, 640, 90), margin=0.1)
+    assert crop.shape[0] == crop.shape[1] == 96 and np.shares_memory(crop, frame)
+
+
+def test_bad_frames_and_settings_are_rejected_clearly() -> None:
+    with pytest.raises(LocalizeError, match="expected a uint8 HxWx3 BGR frame, got float32"):
+        LeafLocalizer()(np.zeros((48, 64, 3), np.float32))
+    with pytest.raises(LocalizeError, match="min_area < max_area"):
+        LocalizeConfig(min_area=0.6, max_area=0.5)

@@ -1,0 +1,100 @@
+"""Preprocessing parity: what training/evaluation feed the model equals what the robot computes.
+
+The robot does ``spec.apply(image)`` on a decoded BGR frame; training caches images
+and evaluation reads them from disk. The tensors must agree to 1e-6.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from training.augment import AugmentConfig, LeafAugment, leaf_mask, randomize_background
+from training.data import read_image, scan_folder
+from training.distributed import DistInfo
+from training.evaluate import _disk_batches
+from training.split import make_split
+from training.synthetic import draw_leaf, generate_dataset
+from training.train import TrainConfig, _eval_set, _train_set
+from vision import PreprocessSpec
+
+TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def leaf_folder(tmp_path_factory) -> Path:
+    root = generate_dataset(tmp_path_factory.mktemp("pp") / "leaves", per_class=4, size=90, seed=2)
+    # Awkward formats as well: a PNG and an RGBA PNG renamed .jpg.
+    img = read_image(next((root / "Leaf___rust").iterdir()))
+    Image.fromarray(img[:, :, ::-1]).save(root / "Leaf___rust" / "as png.png")
+    Image.fromarray(img[:, :, ::-1]).convert("RGBA").save(root / "Leaf___spot" / "rgba png (x).jpg", format="PNG")
+    return root
+
+
+@pytest.mark.parametrize("model, size", [("leafnet_bn", None), ("lenet_bn", 32), ("leafnet_bn", 72)])
+def test_eval_path_matches_robot_path(leaf_folder: Path, tmp_path: Path, model: str, size: int | None) -> None:
+    ds = scan_folder(leaf_folder)
+    split = make_split(ds, fractions=(0.0, 1.0, 0.0))  # everything in val
+    spec = PreprocessSpec.for_model(model, size)
+    cfg = TrainConfig(data=leaf_folder, model=model, img_size=size, cache_dir=tmp_path, progress=False)
+    val = _eval_set(split.samples("val"), spec, cfg, DistInfo())
+    no_aug = _train_set(split, spec, TrainConfig(**{**cfg.__dict__, "augment": False}), DistInfo())
+    disk = torch.cat([x for x, _ in _disk_batches(spec, split.samples("val"), 5)])
+    assert len(val) == len(split.samples("val")) == len(disk)
+    by_path = {s.path: i for i, s in enumerate(split.samples("train"))}
+    for i, s in enumerate(split.samples("val")):
+        robot = spec.apply(read_image(s.path))  # what the robot computes
+        x, y = val[i]
+        assert y == s.label
+        assert np.abs(x.numpy() - robot).max() <= TOL
+        assert np.abs(disk[i].numpy() - robot).max() <= TOL
+        if s.path in by_path:
+            assert np.abs(no_aug[by_path[s.path]][0].numpy() - robot).max() <= TOL
+
+
+def test_training_path_is_augment_then_spec_apply(leaf_folder: Path, tmp_path: Path) -> None:
+    """Augmented samples are exactly spec.apply of an augmented uint8 image, reproducible per epoch."""
+    ds = scan_folder(leaf_folder)
+    split = make_split(ds, fractions=(1.0, 0.0, 0.0))
+    spec = PreprocessSpec.for_model("leafnet_bn")
+    train = _train_set(split, spec, TrainConfig(data=leaf_folder, cache_dir=tmp_path, progress=False), DistInfo())
+    train.epoch = 3
+    x1, _ = train[0]
+    x2, _ = train[0]
+    assert torch.equal(x1, x2)  # seeded by (seed, epoch, index)
+    rng = np.random.default_rng((train.seed, 3, 0))
+    expected = spec.apply(train.augment(train.images[0], train.masks[0], rng))
+    assert np.abs(x1.numpy() - expected).max() <= TOL
+    train.epoch = 4
+    assert not torch.equal(train[0][0], x1)
+    assert x1.shape == (3, 64, 64) and x1.dtype == torch.float32
+
+
+def test_augment_keeps_uint8_bgr_and_varies() -> None:
+    rng = np.random.default_rng(0)
+    img, mask = draw_leaf(rng, "Leaf___spot", 80)
+    aug = LeafAugment(AugmentConfig(background_p=1.0))
+    outs = [aug(img, mask, rng) for _ in range(6)]
+    for o in outs:
+        assert o.dtype == np.uint8 and o.ndim == 3 and o.shape[2] == 3
+        assert 0.6 * 80 * 80 * 0.7 <= o.shape[0] * o.shape[1] <= 80 * 80  # random resized crop
+    assert len({o.tobytes() for o in outs}) == 6
+
+
+def test_background_randomization_replaces_only_the_backdrop() -> None:
+    rng = np.random.default_rng(1)
+    img, true_mask = draw_leaf(rng, "Leaf___healthy", 96)
+    mask = leaf_mask(img)
+    inter = ((mask > 0) & (true_mask > 0)).sum()
+    union = ((mask > 0) | (true_mask > 0)).sum()
+    assert inter / union > 0.85  # the segmentation finds the drawn leaf
+    out = randomize_background(rng, img, true_mask)
+    kernel = np.ones((5, 5), np.uint8)
+    inner = cv2.erode(true_mask, kernel) > 0  # away from the soft edge
+    assert np.abs(out[inner].astype(int) - img[inner]).max() <= 1  # the leaf is kept
+    outside = cv2.dilate(true_mask, kernel) == 0
+    assert (out[outside] != img[outside]).any(axis=1).mean() > 0.5  # the backdrop changes

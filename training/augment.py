@@ -1,0 +1,121 @@
+"""Leaf-appropriate augmentation on uint8 BGR images (NumPy/OpenCV, cheap on a CPU).
+
+Leaves have no canonical orientation, so flips and any rotation are fair; lighting in
+the field varies, hence colour jitter (hue only a little: yellowing is a symptom).
+PlantVillage shot each class on its own backdrop (see shared/data/README.md), so a
+model can score well by looking at the background; ``randomize_background`` cuts the
+leaf out and pastes it on random colours, textures and soil so that cue is useless.
+The result is still a uint8 BGR image; ``PreprocessSpec.apply`` turns it into a tensor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+__all__ = ["AugmentConfig", "LeafAugment", "leaf_mask", "random_background", "randomize_background"]
+
+_KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+
+
+def leaf_mask(image: np.ndarray) -> np.ndarray:
+    """Foreground mask (255 = leaf) for a leaf on a low-saturation backdrop.
+
+    Leaves and lesions are saturated or greener than grey/black studio backdrops;
+    closing plus filling the largest outline recovers dark lesions inside the leaf.
+    """
+    hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
+    b, g, r = (image[:, :, i].astype(np.int16) for i in range(3))
+    fg = (hsv[:, :, 1] > 60) & (hsv[:, :, 2] > 30) | (2 * g - r - b > 25)
+    mask = cv2.morphologyEx(fg.astype(np.uint8) * 255, cv2.MORPH_OPEN, _KERNEL)
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _KERNEL, iterations=2)
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = np.zeros_like(mask)
+    if contours:
+        biggest = max(contours, key=cv2.contourArea)
+        cv2.drawContours(out, [biggest], -1, 255, -1)
+    return out
+
+
+def random_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A random plain colour, smooth blotches, or soil-like grain, uint8 BGR."""
+    kind = rng.integers(3)
+    if kind == 0:
+        return np.full((h, w, 3), rng.integers(0, 256, 3), np.uint8)
+    if kind == 1:  # low-frequency colour blotches (foliage, shadows, mulch)
+        small = rng.integers(0, 256, (int(rng.integers(2, 6)), int(rng.integers(2, 6)), 3)).astype(np.uint8)
+        return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+    # soil: brown base with fine grain and pebbles
+    base = np.array([rng.uniform(20, 90), rng.uniform(40, 110), rng.uniform(60, 150)], np.float32)
+    grain = rng.normal(0, rng.uniform(8, 30), (h, w, 1)).astype(np.float32)
+    return np.clip(base + grain, 0, 255).astype(np.uint8)
+
+
+def randomize_background(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Keep the leaf (mask), replace everything else, with a soft edge."""
+    h, w = image.shape[:2]
+    alpha = cv2.GaussianBlur(mask, (3, 3), 0).astype(np.float32)[:, :, None] * (1.0 / 255.0)
+    bg = random_background(rng, h, w).astype(np.float32)
+    return (image.astype(np.float32) * alpha + bg * (1.0 - alpha)).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    crop_scale: tuple[float, float] = (0.6, 1.0)  # area fraction of the random resized crop
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    rotate: bool = True  # quarter turns always (lossless); leaves have no "up"
+    tilt_p: float = 0.3  # probability of an extra small rotation (interpolated, reflected borders)
+    tilt_deg: float = 20.0
+    flip: bool = True
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 3.0  # OpenCV hue units (0-180)
+    background_p: float = 0.2
+
+
+class LeafAugment:
+    """``(image, mask, rng) -> augmented image``; the crop is left for the spec to resize."""
+
+    def __init__(self, config: AugmentConfig = AugmentConfig()):
+        self.config = config
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+        c = self.config
+        if mask is not None and rng.random() < c.background_p:
+            image = randomize_background(rng, image, mask)
+        if c.rotate:
+            image = np.rot90(image, int(rng.integers(4)))
+            if rng.random() < c.tilt_p:
+                h, w = image.shape[:2]
+                m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-c.tilt_deg, c.tilt_deg), 1.0)
+                image = cv2.warpAffine(np.ascontiguousarray(image), m, (w, h), flags=cv2.INTER_LINEAR,
+                                       borderMode=cv2.BORDER_REFLECT_101)
+        if c.flip and rng.random() < 0.5:
+            image = image[:, ::-1]
+        image = self._crop(image, rng)
+        return self._jitter(np.ascontiguousarray(image), rng)
+
+    def _crop(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        h, w = image.shape[:2]
+        lo, hi = self.config.crop_scale
+        for _ in range(10):
+            area = h * w * rng.uniform(lo, hi)
+            ratio = np.exp(rng.uniform(*np.log(self.config.crop_ratio)))
+            cw, ch = int(round(np.sqrt(area * ratio))), int(round(np.sqrt(area / ratio)))
+            if 0 < cw <= w and 0 < ch <= h:
+                y0, x0 = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+                return image[y0 : y0 + ch, x0 : x0 + cw]
+        return image
+
+    def _jitter(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        c = self.config
+        x = np.arange(256, dtype=np.float32)
+        hue = (x + rng.uniform(-c.hue, c.hue)) % 180
+        sat = x * rng.uniform(1 - c.saturation, 1 + c.saturation)
+        val = x * rng.uniform(1 - c.brightness, 1 + c.brightness)
+        lut = np.clip(np.stack([hue, sat, val], 1), 0, 255).astype(np.uint8).reshape(256, 1, 3)
+        image = cv2.cvtColor(cv2.LUT(cv2.cvtColor(image, cv2.COLOR_BGR2HSV), lut), cv2.COLOR_HSV2BGR)
+        a = rng.uniform(1 - c.contrast, 1 + c.contrast)
+        return cv2.convertScaleAbs(image, alpha=a, beta=float((1 - a) * image.mean()))

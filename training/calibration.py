@@ -1,0 +1,331 @@
+"""Confidences the robot can trust: temperature scaling and an abstain threshold.
+
+BN networks tend to be over-confident (Guo et al. 2017, "On calibration of modern
+neural networks"). One scalar temperature ``T`` fitted on the validation split fixes
+most of it without changing any prediction: ``probs = softmax(logits / T)``.
+
+The abstain threshold turns "uncertain" into something measurable: a prediction is
+**accepted when its calibrated max probability is >= abstain_below**, and reported as
+uncertain otherwise (``vision.classifier.LeafClassifier.decide``). ``abstain_below``
+is the smallest threshold whose accepted validation predictions reach the target
+precision, so it keeps as many predictions as the target allows.
+
+Both numbers go into the checkpoint's ``calibration`` block, which the deploy step
+copies into the bundle manifest.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vision.bundle import softmax  # the robot's softmax: same numbers on both sides
+
+__all__ = [
+    "CalibrationError",
+    "AbstainThreshold",
+    "ReliabilityBins",
+    "fit_temperature",
+    "softmax",
+    "choose_abstain_threshold",
+    "accepted_precision",
+    "reliability_bins",
+    "plot_reliability",
+    "calibrate_checkpoint",
+]
+
+log = logging.getLogger(__name__)
+
+# Bounds of the temperature search: outside them the model is broken, not miscalibrated.
+T_MIN, T_MAX = 0.05, 20.0
+
+
+class CalibrationError(ValueError):
+    """Inputs that calibration cannot work with (shapes, labels, targets)."""
+
+
+def _check_scores(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Logits or probabilities (N x C) and integer labels, as float64 and int64."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels)
+    if scores.ndim != 2 or scores.shape[1] < 2:
+        raise CalibrationError(f"scores must be an N x C array (C >= 2 classes), got shape {scores.shape}")
+    if labels.shape != (scores.shape[0],):
+        raise CalibrationError(f"labels must have shape ({scores.shape[0]},), got {labels.shape}")
+    if scores.shape[0] == 0:
+        raise CalibrationError("no samples to calibrate on")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= scores.shape[1]:
+        got = f"{labels.dtype} values in [{labels.min()}, {labels.max()}]"
+        raise CalibrationError(f"labels must be integers in [0, {scores.shape[1] - 1}], got {got}")
+    if not np.isfinite(scores).all():
+        raise CalibrationError("scores contain NaN or inf (a diverged model cannot be calibrated)")
+    return scores, labels.astype(np.int64)
+
+
+def _nll(logits: np.ndarray, labels: np.ndarray, beta: float) -> float:
+    """Mean negative log-likelihood of softmax(beta * logits); convex in beta."""
+    z = beta * logits
+    m = z.max(axis=1)
+    lse = m + np.log(np.exp(z - m[:, None]).sum(axis=1))
+    return float(np.mean(lse - z[np.arange(len(labels)), labels]))
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, iters: int = 80) -> float:
+    """The scalar T minimising validation NLL of softmax(logits / T).
+
+    The NLL is convex in 1/T, so a golden-section search over log(1/T) within
+    [1/T_MAX, 1/T_MIN] finds the optimum without a learning rate to tune.
+    """
+    logits, labels = _check_scores(logits, labels)
+    lo, hi = math.log(1.0 / T_MAX), math.log(1.0 / T_MIN)
+    g = (math.sqrt(5.0) - 1.0) / 2.0
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = _nll(logits, labels, math.exp(a)), _nll(logits, labels, math.exp(b))
+    for _ in range(iters):
+        if fa < fb:  # minimum lies in [lo, b]
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = _nll(logits, labels, math.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = _nll(logits, labels, math.exp(b))
+    t = 1.0 / math.exp((lo + hi) / 2.0)
+    if t <= T_MIN * 1.01 or t >= T_MAX * 0.99:
+        log.warning("fitted temperature %.3g sits at the search bound [%g, %g]", t, T_MIN, T_MAX)
+    return t
+
+
+@dataclass(frozen=True)
+class AbstainThreshold:
+    """Accept a prediction when its max probability >= ``threshold``."""
+
+    threshold: float
+    precision: float | None  # precision of accepted predictions (None when none accepted)
+    coverage: float  # fraction of predictions accepted
+    target_precision: float
+    target_met: bool
+
+
+def choose_abstain_threshold(probs: np.ndarray, labels: np.ndarray, target_precision: float) -> AbstainThreshold:
+    """The smallest max-probability threshold whose accepted predictions reach the target.
+
+    Smallest, because it keeps the most predictions (largest coverage) among the
+    thresholds that meet the target. When none does, the threshold is 1.0 (only
+    saturated predictions pass) and ``target_met`` is False.
+    """
+    if not 0.0 < target_precision <= 1.0:
+        raise CalibrationError(f"target_precision must be in (0, 1], got {target_precision!r}")
+    probs, labels = _check_scores(probs, labels)
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    order = np.argsort(-conf, kind="stable")
+    conf, correct = conf[order], correct[order]
+    n = len(conf)
+    precision = np.cumsum(correct) / np.arange(1, n + 1)
+    # A cut is only valid after the last of a group of equal confidences (accept >= t).
+    last_of_tie = np.r_[conf[1:] != conf[:-1], True]
+    ok = np.flatnonzero(last_of_tie & (precision >= target_precision - 1e-12))
+    if len(ok) == 0:
+        log.warning("no threshold reaches precision %.3f on %d predictions: abstaining below 1.0", target_precision, n)
+        prec, cov = accepted_precision(probs, labels, 1.0)
+        return AbstainThreshold(1.0, prec, cov, float(target_precision), False)
+    k = int(ok[-1])  # the deepest cut = the smallest threshold
+    return AbstainThreshold(float(conf[k]), float(precision[k]), (k + 1) / n, float(target_precision), True)
+
+
+def accepted_precision(probs: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float | None, float]:
+    """(precision of accepted predictions, coverage) at a given threshold, e.g. on the test split."""
+    probs, labels = _check_scores(probs, labels)
+    accept = probs.max(axis=1) >= threshold
+    if not accept.any():
+        return None, 0.0
+    return float((probs.argmax(axis=1) == labels)[accept].mean()), float(accept.mean())
+
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Per-bin mean confidence, accuracy and count over equal-width confidence bins."""
+
+    edges: np.ndarray
+    confidence: np.ndarray
+    accuracy: np.ndarray
+    count: np.ndarray
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error: count-weighted |accuracy - confidence|."""
+        return float(np.sum(self.count * np.abs(self.accuracy - self.confidence)) / max(1, self.count.sum()))
+
+
+def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> ReliabilityBins:
+    """Bin predictions by max probability (bins are (lo, hi], as in Guo et al. 2017)."""
+    probs, labels = _check_scores(probs, labels)
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    idx = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_conf = np.bincount(idx, conf, n_bins) / count
+        acc = np.bincount(idx, correct, n_bins) / count
+    empty = count == 0
+    mean_conf[empty], acc[empty] = 0.0, 0.0
+    return ReliabilityBins(edges, mean_conf, acc, count)
+
+
+def plot_reliability(
+    panels: list[tuple[str, ReliabilityBins]], path: str | os.PathLike, *, title: str | None = None
+) -> Path:
+    """Reliability diagrams side by side (e.g. before/after temperature scaling) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ncols = min(2, len(panels))  # before | after, one row per split
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.4 * ncols, 4.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (name, bins) in zip(axes.flat, panels):
+        width = np.diff(bins.edges)
+        centers = bins.edges[:-1] + width / 2
+        filled = bins.count > 0
+        ax.bar(centers[filled], bins.accuracy[filled], width=width[filled], edgecolor="black",
+               color="tab:blue", label="accuracy")
+        gap_lo = np.minimum(bins.accuracy, bins.confidence)[filled]
+        gap_h = np.abs(bins.accuracy - bins.confidence)[filled]
+        ax.bar(centers[filled], gap_h, bottom=gap_lo, width=width[filled], color="tab:red", alpha=0.35,
+               edgecolor="tab:red", hatch="//", label="gap to confidence")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (max probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{name}\nECE = {100 * bins.ece:.2f}%  (n = {int(bins.count.sum())})", fontsize=10)
+        ax.legend(loc="upper left", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _log_probs(probs: np.ndarray) -> np.ndarray:
+    """Logits up to a per-row constant (all softmax needs); underflowed zeros become ln(float32 tiny)."""
+    return np.log(np.maximum(np.asarray(probs, np.float64), np.finfo(np.float32).smallest_subnormal))
+
+
+def _split_probs(ckpt_path: Path, data: str | os.PathLike | None, parts: tuple[str, ...]) -> dict[str, tuple]:
+    """``part -> (labels, probs)`` for the run's split parts, read from disk as the robot reads them."""
+    from .checkpoint import checkpoint_preprocess, load_checkpoint
+    from .evaluate import _samples_for, predict_probs
+
+    manifest = ckpt_path.parent / "split.json"
+    if not manifest.is_file():
+        raise CalibrationError(
+            f"no split.json beside {ckpt_path}: calibration needs the run's own validation split "
+            "(fitting on training images would make the model look better calibrated than it is)"
+        )
+    model, ckpt = load_checkpoint(ckpt_path)
+    spec = checkpoint_preprocess(ckpt)
+    out = {}
+    for part in parts:
+        samples = _samples_for(ckpt_path, ckpt, data, part)
+        if samples:
+            out[part] = predict_probs(model, spec, samples)
+        else:
+            log.warning("the %r part of %s is empty", part, manifest)
+    return out
+
+
+def _rewrite_calibration(ckpt_path: Path, calibration: dict[str, Any]) -> None:
+    """Replace only the ``calibration`` key, atomically (tmp + rename), keeping every other key."""
+    import torch
+
+    from .checkpoint import read_checkpoint
+
+    ckpt = read_checkpoint(ckpt_path)
+    ckpt["calibration"] = calibration
+    tmp = ckpt_path.with_suffix(ckpt_path.suffix + ".calib.tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, ckpt_path)
+
+
+def calibrate_checkpoint(
+    ckpt_path: str | os.PathLike,
+    target_precision: float = 0.98,
+    split: str = "val",
+    *,
+    data: str | os.PathLike | None = None,
+    report_split: str | None = "test",
+    n_bins: int = 15,
+) -> dict[str, Any]:
+    """Fit T and ``abstain_below`` on ``split``, write them into the checkpoint, plot reliability.
+
+    ``data`` re-points the run's split manifest at another copy of the images.
+    ``report_split`` (default test) is only measured, never fitted on: its ECE
+    before/after and the precision/coverage of the chosen threshold are what to quote.
+    Writes ``reliability.png`` beside the checkpoint; returns the calibration block.
+    """
+    from .metrics import expected_calibration_error
+
+    if not 0.0 < target_precision <= 1.0:
+        raise CalibrationError(f"target_precision must be in (0, 1], got {target_precision!r}")
+    if split == report_split:
+        raise CalibrationError(f"fit split and report split are both {split!r}; report on a split not fitted on")
+    ckpt_path = Path(ckpt_path)
+    parts = (split,) if report_split is None else (split, report_split)
+    preds = _split_probs(ckpt_path, data, parts)
+    if split not in preds:
+        raise CalibrationError(f"the {split!r} part of {ckpt_path.parent / 'split.json'} is empty: nothing to fit on")
+
+    y, probs = preds[split]
+    logits = _log_probs(probs)
+    t = fit_temperature(logits, y)
+    calibrated = softmax(logits, t)
+    threshold = choose_abstain_threshold(calibrated, y, target_precision)
+    result: dict[str, Any] = {
+        "temperature": t,
+        "abstain_below": threshold.threshold,
+        "fit_split": split,
+        "n_fit": int(len(y)),
+        "n_bins": n_bins,
+        "ece_before": expected_calibration_error(y, probs, n_bins),
+        "ece_after": expected_calibration_error(y, calibrated, n_bins),
+        "target_precision": float(target_precision),
+        "target_met": threshold.target_met,
+        "val_precision_accepted": threshold.precision,
+        "val_coverage": threshold.coverage,
+    }
+    panels = [(f"{split}, before (T = 1)", reliability_bins(probs, y, n_bins)),
+              (f"{split}, after (T = {t:.2f})", reliability_bins(calibrated, y, n_bins))]
+    if report_split in preds:
+        ry, rprobs = preds[report_split]
+        rcal = softmax(_log_probs(rprobs), t)
+        prec, cov = accepted_precision(rcal, ry, threshold.threshold)
+        result[report_split] = {
+            "n": int(len(ry)),
+            "top1": float((rprobs.argmax(1) == ry).mean()),
+            "ece_before": expected_calibration_error(ry, rprobs, n_bins),
+            "ece_after": expected_calibration_error(ry, rcal, n_bins),
+            "precision_accepted": prec,
+            "coverage": cov,
+        }
+        panels += [(f"{report_split}, before", reliability_bins(rprobs, ry, n_bins)),
+                   (f"{report_split}, after", reliability_bins(rcal, ry, n_bins))]
+    plot_reliability(panels, ckpt_path.with_name("reliability.png"), title=f"{ckpt_path}: temperature scaling")
+    _rewrite_calibration(ckpt_path, result)
+    log.info("%s: T = %.3f, ECE %.2f%% -> %.2f%% on %s; abstain below %.4f (precision %s, coverage %.1f%%)",
+             ckpt_path, t, 100 * result["ece_before"], 100 * result["ece_after"], split, threshold.threshold,
+             threshold.precision, 100 * threshold.coverage)
+    return result

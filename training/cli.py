@@ -1,0 +1,124 @@
+"""`leafscout train`, `leafscout eval` and `leafscout models`; heavy imports stay in handlers."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a registered model on a PlantVillage-layout folder",
+        description="Train with a leaf-grouped split; writes split.json, last.pt, best.pt, metrics.json, "
+        "curves.png and confusion.png to --out. Run under torchrun for DistributedDataParallel.",
+    )
+    p.add_argument("--data", type=Path, default=None,
+                   help="folder with one sub-folder per class (default: $LEAFSCOUT_DATA, the shared "
+                   "PlantVillage set, else generated synthetic leaves)")
+    p.add_argument("--model", default="leafnet_bn", help="registered model name (see `leafscout models`)")
+    p.add_argument("--epochs", type=int, default=30, help="number of epochs (default 30)")
+    p.add_argument("--out", type=Path, required=True, help="run directory for checkpoints, metrics and plots")
+    p.add_argument("--img-size", type=int, default=None, help="input side in pixels (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch size over all processes (default 64)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-3 adamw, 0.1 sgd)")
+    p.add_argument("--optimizer", choices=("adamw", "sgd"), default="adamw", help="optimizer (sgd = momentum 0.9, Nesterov)")
+    p.add_argument("--schedule", choices=("onecycle", "cosine"), default="onecycle", help="learning-rate schedule")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="weight decay on conv/linear weights (default 0.05)")
+    p.add_argument("--label-smoothing", type=float, default=0.05, help="label smoothing (default 0.05)")
+    p.add_argument("--balance", choices=("loss", "none"), default="loss",
+                   help="class imbalance handling: inverse-frequency loss weights, or none")
+    p.add_argument("--background-p", type=float, default=0.2,
+                   help="probability of pasting the leaf on a random background (default 0.2)")
+    p.add_argument("--no-augment", action="store_true", help="train on the plain preprocessed images")
+    p.add_argument("--seed", type=int, default=0, help="seed for split, init, order and augmentation")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0: main process)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / processes - 1, at least 1)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
+                   help="finish within this many minutes: fewer epochs, learning rate decayed to fit")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--dump-replicas", action="store_true",
+                   help="every process also writes its final weights to OUT/replicas/rankN.pt (DDP check)")
+    p.set_defaults(func=_train)
+
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a checkpoint (or a deploy bundle) on a split",
+        description="Top-1, macro-F1, per-class precision/recall, confusion matrix and expected calibration error.",
+    )
+    p.add_argument("path", type=Path, help="checkpoint (.pt) or deploy bundle directory (with manifest.json)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="data folder (re-points the run's split.json; required when there is none)")
+    p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
+                   help="which part of the run's split to evaluate (default test)")
+    p.add_argument("--json", action="store_true", help="print the full metrics as JSON")
+    p.set_defaults(func=_eval)
+
+    p = subparsers.add_parser("models", help="list registered models with parameters and MACs")
+    p.add_argument("--num-classes", type=int, default=32, help="head size used for the counts (default 32)")
+    p.set_defaults(func=_models)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, train
+
+    config = TrainConfig(
+        data=args.data, model=args.model, epochs=args.epochs, out=args.out, img_size=args.img_size,
+        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, schedule=args.schedule,
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, balance=args.balance,
+        background_p=args.background_p, augment=not args.no_augment, seed=args.seed, workers=args.workers,
+        threads=args.threads, time_budget_s=None if args.time_budget is None else args.time_budget * 60, resume=args.resume, progress=not args.no_progress, dump_replicas=args.dump_replicas,
+    )
+    try:
+        run = train(config)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"leafscout train: error: {e}", file=sys.stderr)
+        return 2
+    print(run)
+    return 0
+
+
+def _format_report(m: dict) -> str:
+    lines = [
+        f"{m.get('checkpoint', m.get('bundle', ''))}  split={m.get('split')}  n={m['n']}",
+        f"top-1 {m['top1']:.4f}   macro-F1 {m['macro_f1']:.4f}   ECE {m['ece']:.4f}",
+        f"{'class':<48} {'prec':>6} {'recall':>6} {'f1':>6} {'n':>5}",
+    ]
+    for name, c in m["per_class"].items():
+        lines.append(f"{name:<48} {c['precision']:6.3f} {c['recall']:6.3f} {c['f1']:6.3f} {c['support']:5d}")
+    return "\n".join(lines)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    path: Path = args.path
+    try:
+        if path.is_dir() and (path / "manifest.json").is_file():
+            from deploy.evaluate import evaluate_bundle
+
+            metrics = evaluate_bundle(path, data=args.data, split=args.split)
+        else:
+            from .evaluate import evaluate_checkpoint
+
+            metrics = evaluate_checkpoint(path, data=args.data, split=args.split)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"leafscout eval: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics, indent=1) if args.json else _format_report(metrics))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from vision import count_macs, count_params, create_model, get_entry, list_models
+
+    print(f"{'model':<18} {'input':>7} {'params':>10} {'MACs':>12}  description")
+    for name in list_models():
+        entry = get_entry(name)
+        model = create_model(name, num_classes=args.num_classes)
+        macs = count_macs(model, entry.input_size)
+        size = "x".join(map(str, entry.input_size))
+        print(f"{name:<18} {size:>7} {count_params(model):>10,} {macs:>12,}  {entry.description}")
+    return 0
