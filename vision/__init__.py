@@ -1,20 +1,30 @@
 """Pixels to predictions: models, the preprocessing spec, localization and bundle loading.
 
 Training and the robot both import from here, so there is exactly one way to turn
-an image into a model input.
+an image into a model input. Importing ``vision`` needs only numpy and OpenCV: the
+torch-backed names (models, registry, complexity) load on first use, so a robot with
+just onnxruntime runs ``vision.bundle`` and ``vision.classifier`` without torch.
 """
-from . import models as _models  # noqa: F401  (registers the architectures)
-from .complexity import count_macs, count_params
-from .preprocess import PreprocessError, PreprocessSpec
-from .registry import create_model, get_entry, list_models, register_model
+from __future__ import annotations
 
-__all__ = [
-    "PreprocessError",
-    "PreprocessSpec",
-    "count_macs",
-    "count_params",
-    "create_model",
-    "get_entry",
-    "list_models",
-    "register_model",
-]
+import importlib
+from typing import Any
+
+from .preprocess import PreprocessError, PreprocessSpec
+
+_LAZY = {
+    "create_model": "registry",
+    "get_entry": "registry",
+    "list_models": "registry",
+    "register_model": "registry",
+    "count_macs": "complexity",
+    "count_params": "complexity",
+}
+
+__all__ = ["PreprocessError", "PreprocessSpec", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'vision' has no attribute {name!r}")
