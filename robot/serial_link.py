@@ -172,9 +172,12 @@ class PortReader(threading.Thread):
             self.write_timeouts += 1
             log.warning("serial write timed out on %s (peer not reading?)", self.url)
             return False
-        except (serial.SerialException, OSError) as e:
-            log.warning("serial write failed on %s: %s; reconnecting", self.url, e)
-            self.drop()
+        except (serial.SerialException, OSError, TypeError, AttributeError) as e:
+            # TypeError/AttributeError: pyserial's socket:// when the reader thread closed
+            # the socket between our check and the write (a cut cable mid-frame).
+            if self.port is port:
+                log.warning("serial write failed on %s: %s; reconnecting", self.url, e)
+                self.drop()
             return False
 
     def run(self) -> None:
@@ -318,7 +321,11 @@ class SerialLink(LinkWorker):
             if due is None or due[1].send_at > now:
                 self._idle(0.2 if due is None else min(0.2, due[1].send_at - now))
                 continue
-            self._transmit(due[1])
+            try:
+                self._transmit(due[1])
+            except Exception:  # noqa: BLE001 - the sender thread must outlive any one frame
+                log.exception("serial link: sending a frame failed; retrying later")
+                self._idle(0.1)
 
     def _transmit(self, entry: _InFlight) -> None:
         now = time.monotonic()
