@@ -17,22 +17,25 @@ PY = sys.executable
 
 # name -> (fragment, command). Order = order in docs/benchmarks.md.
 BENCHMARKS: dict[str, tuple[str, list[str]]] = {
-    "training": ("_bench_training.md", [PY, "benchmarks/train_bench.py"]),
-    "deploy": ("_bench_deploy.md", [PY, "-m", "leafscout", "bench", "--markdown", "docs/_bench_deploy.md"]),
-    "study": ("_bench_study.md", [PY, "-m", "leafscout", "study", "bn", "--out", "bench_out/bn_study",
-                                  "--markdown", "docs/_bench_study.md"]),
+    "training": ("_bench_training.md", [PY, "benchmarks/train_bench.py", "--out-root", "bench_out/training"]),
+    "deploy": ("_bench_deploy.md", [PY, "-m", "leafscout", "bench", "vision/reference_bundle", "--seconds", "2",
+                                    "--json", "bench_out/deploy_bench.json", "--markdown", "bench_out/deploy_bench.md"]),
+    "study": ("_bench_study.md", [PY, "-m", "leafscout", "study", "bn", "--out", "bench_out/bn_study", "--no-progress"]),
     "robot": ("_bench_robot.md", [PY, "benchmarks/replay_bench.py"]),
-    "telemetry": ("_bench_telemetry.md", [PY, "benchmarks/telemetry_bench.py", "--md", "docs/_bench_telemetry.md"]),
+    "telemetry": ("_bench_telemetry.md", [PY, "benchmarks/telemetry_bench.py", "--out", "bench_out/telemetry.json"]),
     "dashboard": ("_bench_dashboard.md", [PY, "benchmarks/dashboard_bench.py", "--md", "docs/_bench_dashboard.md"]),
 }
 
 HEADER = """# Benchmarks
 
 Every figure below was measured by the command printed beside it, on the machine named
-there. `make bench` re-runs them all (about an hour and a half on a 2-core CPU) and
-rebuilds this page from the fragments each benchmark writes (`docs/_bench_*.md`);
-`python benchmarks/run_all.py --only NAME` runs one. Where a target was missed, the
-fragment says so.
+there (a shared 2-core x86_64 dev box without GPU; other jobs ran at the same time, so
+wall-clock figures are pessimistic). `make bench` re-runs every benchmark (about two hours
+on a 2-core CPU) and rebuilds this page from the sections in `docs/_bench_*.md`: the
+training, robot and dashboard benchmarks rewrite their section themselves; the deploy,
+study and telemetry runs write JSON/markdown under `bench_out/` from which their sections
+were written. `python benchmarks/run_all.py --only NAME` runs one; `--assemble` only
+rebuilds this page. Where a target was missed, the section says so.
 
 """
 

@@ -50,7 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate a checkpoint (or a deploy bundle) on a split",
         description="Top-1, macro-F1, per-class precision/recall, confusion matrix and expected calibration error.",
     )
-    p.add_argument("path", type=Path, help="checkpoint (.pt) or deploy bundle directory (with manifest.json)")
+    p.add_argument("path", type=Path, nargs="?", default=None,
+                   help="checkpoint (.pt) or deploy bundle directory (with manifest.json); "
+                        "default: the packaged reference bundle")
     p.add_argument("--data", type=Path, default=None,
                    help="data folder (re-points the run's split.json; required when there is none)")
     p.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
@@ -94,7 +96,11 @@ def _format_report(m: dict) -> str:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    path: Path = args.path
+    path: Path | None = args.path
+    if path is None:
+        from vision.bundle import default_bundle_path
+
+        path = default_bundle_path()
     try:
         if path.is_dir() and (path / "manifest.json").is_file():
             from deploy.evaluate import evaluate_bundle
