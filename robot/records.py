@@ -53,8 +53,25 @@ def _check(cls: type, d: dict[str, Any]) -> dict[str, Any]:
 _NUM = (int, float)
 
 
+class _Record:
+    """JSON form shared by every record type: ``{"kind": ..., **fields}``, validated on the way in."""
+
+    kind: ClassVar[str]
+    _types: ClassVar[dict]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        d = dict(d)
+        if d.pop("kind", cls.kind) != cls.kind:
+            raise RecordError(f"not a {cls.kind} record")
+        return cls(**_check(cls, d))
+
+
 @dataclass(frozen=True)
-class PlantRecord:
+class PlantRecord(_Record):
     """One plant, counted once, with its final label."""
 
     kind: ClassVar[str] = "plant"
@@ -84,19 +101,9 @@ class PlantRecord:
     def uncertain(self) -> bool:
         return self.label == UNCERTAIN
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PlantRecord":
-        d = dict(d)
-        if d.pop("kind", cls.kind) != cls.kind:
-            raise RecordError(f"not a {cls.kind} record")
-        return cls(**_check(cls, d))
-
 
 @dataclass(frozen=True)
-class RowSummary:
+class RowSummary(_Record):
     """Field statistics of one row so far (what goes out when the link is slow)."""
 
     kind: ClassVar[str] = "row"
@@ -115,19 +122,9 @@ class RowSummary:
     ci_hi: float
     t: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RowSummary":
-        d = dict(d)
-        if d.pop("kind", cls.kind) != cls.kind:
-            raise RecordError(f"not a {cls.kind} record")
-        return cls(**_check(cls, d))
-
 
 @dataclass(frozen=True)
-class Heartbeat:
+class Heartbeat(_Record):
     """Liveness and link health, sent periodically."""
 
     kind: ClassVar[str] = "heartbeat"
@@ -146,16 +143,6 @@ class Heartbeat:
     lon: float | None = None
     row: int | None = None
     metre: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Heartbeat":
-        d = dict(d)
-        if d.pop("kind", cls.kind) != cls.kind:
-            raise RecordError(f"not a {cls.kind} record")
-        return cls(**_check(cls, d))
 
 
 RECORD_TYPES: dict[str, type] = {c.kind: c for c in (PlantRecord, RowSummary, Heartbeat)}
