@@ -21,7 +21,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "deploy": ("_bench_deploy.md", [PY, "-m", "leafscout", "bench", "vision/reference_bundle", "--seconds", "2",
                                     "--json", "bench_out/deploy_bench.json", "--markdown", "bench_out/deploy_bench.md"]),
     "study": ("_bench_study.md", [PY, "-m", "leafscout", "study", "bn", "--out", "bench_out/bn_study", "--no-progress"]),
-    "robot": ("_bench_robot.md", [PY, "benchmarks/replay_bench.py"]),
+    "robot": ("_bench_robot.md", [PY, "benchmarks/replay_bench.py", "--rows", "6"]),
     "telemetry": ("_bench_telemetry.md", [PY, "benchmarks/telemetry_bench.py", "--out", "bench_out/telemetry.json"]),
     "dashboard": ("_bench_dashboard.md", [PY, "benchmarks/dashboard_bench.py", "--md", "docs/_bench_dashboard.md"]),
 }
@@ -29,8 +29,10 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
 HEADER = """# Benchmarks
 
 Every figure below was measured by the command printed beside it, on the machine named
-there (a shared 2-core x86_64 dev box without GPU; other jobs ran at the same time, so
-wall-clock figures are pessimistic). `make bench` re-runs every benchmark (about two hours
+in its section: a 2-core x86_64 dev box without GPU. The training, deploy and robot
+sections were measured on 2026-12-03 on an Intel Xeon with AMX, otherwise idle; the study,
+telemetry and dashboard sections on 2026-11-25 on a 2-core AMD EPYC shared with other
+jobs, so their wall-clock figures are pessimistic. `make bench` re-runs every benchmark (about two hours
 on a 2-core CPU) and rebuilds this page from the sections in `docs/_bench_*.md`: the
 training, robot and dashboard benchmarks rewrite their section themselves; the deploy,
 study and telemetry runs write JSON/markdown under `bench_out/` from which their sections

@@ -154,7 +154,7 @@ class LeafBank:
 
         ``split`` is a ``split.json`` or a deploy bundle directory (which carries its model's split).
         """
-        from training.augment import leaf_mask
+        from training.augment import cut_leaf_mask
         from training.data import ImageReadError, read_image, scan_folder
         from training.split import load_split
 
@@ -180,33 +180,12 @@ class LeafBank:
                 except ImageReadError as e:
                     log.warning("skipping leaf %s: %s", p, e)
                     continue
-                mask = cut_leaf(img, leaf_mask)
+                mask = cut_leaf_mask(img)
                 if mask.mean() < 255 * 0.08:  # the cut failed (backdrop too green, leaf too small)
                     continue
                 leaves.append(_tight(LeafImage(name, img, mask, os.path.relpath(p, root))))
         log.info("leaf bank: %d leaves in %d classes from %s", len(leaves), len(classes), root)
         return cls(leaves)
-
-
-def cut_leaf(image: np.ndarray, backdrop_mask: Any) -> np.ndarray:
-    """Mask (uint8, 255 = leaf) of a photographed leaf, without its backdrop.
-
-    ``backdrop_mask`` (saturation against a plain backdrop) keeps brown lesions at the
-    margin but can take in a coloured backdrop or a shadow; green/yellow tissue (the
-    localizer's rule) never does. Their intersection, with the tissue mask grown by a
-    few pixels, keeps marginal lesions and drops the backdrop.
-    """
-    from vision.localize import largest_leaf_mask
-
-    tissue = largest_leaf_mask(image).astype(np.uint8)
-    grow = max(3, image.shape[1] // 16) | 1
-    near = cv2.dilate(tissue, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow, grow)))
-    mask = (backdrop_mask(image) > 0) & (near > 0)
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    out = np.zeros(image.shape[:2], np.uint8)
-    if contours:
-        cv2.drawContours(out, [max(contours, key=cv2.contourArea)], -1, 255, thickness=cv2.FILLED)
-    return out
 
 
 def _tight(leaf: LeafImage) -> LeafImage:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.augment import AugmentConfig, LeafAugment, leaf_mask, randomize_background
+from training.augment import AugmentConfig, LeafAugment, cut_leaf_mask, leaf_mask, randomize_background
 from training.data import read_image, scan_folder
 from training.distributed import DistInfo
 from training.evaluate import _disk_batches
@@ -98,3 +98,41 @@ def test_background_randomization_replaces_only_the_backdrop() -> None:
     assert np.abs(out[inner].astype(int) - img[inner]).max() <= 1  # the leaf is kept
     outside = cv2.dilate(true_mask, kernel) == 0
     assert (out[outside] != img[outside]).any(axis=1).mean() > 0.5  # the backdrop changes
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float(((a > 0) & (b > 0)).sum() / max(1, ((a > 0) | (b > 0)).sum()))
+
+
+def test_cut_leaf_mask_leaves_a_coloured_backdrop_out() -> None:
+    """PlantVillage shot some classes on saturated backdrops: the saturation rule alone takes them in."""
+    rng = np.random.default_rng(3)
+    img, true_mask = draw_leaf(rng, "Leaf___healthy", 128)
+    img[true_mask == 0] = (170, 60, 40)  # a saturated blue backdrop
+    assert _iou(leaf_mask(img), true_mask) < 0.5  # the backdrop counts as leaf
+    cut = cut_leaf_mask(img)
+    assert _iou(cut, true_mask) > 0.7  # the leaf, plus a thin rim kept for marginal lesions
+    far = cv2.dilate(true_mask, np.ones((11, 11), np.uint8)) == 0
+    assert not cut[far].any()  # none of the backdrop beyond that rim
+
+
+def test_pasted_leaf_is_turned_without_losing_it() -> None:
+    img = np.full((96, 96, 3), 128, np.uint8)
+    mask = np.zeros((96, 96), np.uint8)
+    mask[40:56, 16:80] = 255  # a long, lying leaf
+    img[mask > 0] = (0, 200, 0)
+    out = randomize_background(np.random.default_rng(0), img, mask, angle=90.0, scale=1.0)
+    leaf = (out[:, :, 1] > 150) & (out[:, :, 0] < 60) & (out[:, :, 2] < 60)
+    ys, xs = np.nonzero(leaf)
+    assert np.ptp(ys) > 3 * np.ptp(xs)  # now standing
+    assert abs(int(leaf.sum()) - int((mask > 0).sum())) < 0.1 * (mask > 0).sum()  # all of it, and only it
+
+
+def test_augment_never_pastes_a_failed_cut() -> None:
+    """An empty mask would turn the image into a bare background that still carries the label."""
+    rng = np.random.default_rng(4)
+    img, _ = draw_leaf(rng, "Leaf___spot", 80)
+    aug = LeafAugment(AugmentConfig(background_p=1.0, crop_scale=(1.0, 1.0), tilt_p=0.0, brightness=0.0,
+                                    contrast=0.0, saturation=0.0, hue=0.0, rotate=False, flip=False))
+    out = aug(img, np.zeros((80, 80), np.uint8), np.random.default_rng(5))
+    assert np.abs(out.astype(int) - img).max() <= 3  # only the HSV round trip of the (zero) jitter

@@ -14,7 +14,7 @@ from training.data import read_image
 from training.evaluate import evaluate_checkpoint
 from training.split import load_split
 from training.synthetic import SYNTHETIC_CLASSES, generate_dataset
-from training.train import LRSchedule, TrainConfig, TrainError, train
+from training.train import LRSchedule, TrainConfig, TrainError, _class_weights, resolve_precision, train
 
 EPOCH_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_macro_f1", "seconds", "images_per_s"}
 
@@ -121,10 +121,41 @@ def test_resume_needs_a_previous_run(leaves: Path, tmp_path: Path) -> None:
     ("optimizer", "lion", "adamw"),
     ("schedule", "step", "onecycle"),
     ("epochs", 0, "epochs"),
+    ("precision", "fp16", "bf16"),
+    ("augment_preset", "heavy", "light"),
+    ("background_p", 1.5, "background_p"),
 ])
 def test_bad_config_is_named(tmp_path: Path, field: str, value, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         train(_config(tmp_path, tmp_path / "x", tmp_path / "c", **{field: value}))
+
+
+def test_bf16_light_augmentation_run_learns_and_keeps_fp32_weights(leaves: Path, tmp_path: Path) -> None:
+    """bf16 autocast only changes the arithmetic of the forward pass: checkpoints stay fp32."""
+    run = train(_config(leaves, tmp_path / "bf16", tmp_path / "cache", precision="bf16", augment_preset="light",
+                        background_p=0.5))
+    ckpt = read_checkpoint(run / "best.pt")
+    assert {v.dtype for v in ckpt["state_dict"].values() if v.is_floating_point()} == {torch.float32}
+    assert ckpt["train_config"]["precision"] == "bf16"
+    assert ckpt["train_config"]["augment_preset"] == "light" and ckpt["precision_used"] == "bf16"
+    m = evaluate_checkpoint(run / "best.pt", split="test")
+    assert m["top1"] >= 1 / len(SYNTHETIC_CLASSES) + 0.25, m["top1"]
+
+
+def test_auto_precision_is_bf16_only_with_native_support() -> None:
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for: honoured even if emulated
+
+
+def test_class_weights_favour_small_classes_by_the_chosen_power() -> None:
+    labels = np.array([0] * 400 + [1] * 100 + [3] * 25)  # class 2 absent
+    full, sqrt, none = (_class_weights(labels, 4, b).numpy() for b in ("loss", "sqrt", "none"))
+    assert full[2] == sqrt[2] == 0.0 and np.allclose(none, 1.0)
+    for w in (full, sqrt):
+        assert w[[0, 1, 3]].mean() == pytest.approx(1.0)  # mean 1 over present classes
+    assert full[3] / full[0] == pytest.approx(16.0) and sqrt[3] / sqrt[0] == pytest.approx(4.0)
 
 
 def test_lr_schedule_shapes_and_shortening() -> None:

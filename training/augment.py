@@ -9,12 +9,13 @@ The result is still a uint8 BGR image; ``PreprocessSpec.apply`` turns it into a 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
 
-__all__ = ["AugmentConfig", "LeafAugment", "leaf_mask", "random_background", "randomize_background"]
+__all__ = ["AUGMENT_PRESETS", "AugmentConfig", "LeafAugment", "augment_config", "cut_leaf_mask", "leaf_mask",
+           "random_background", "randomize_background"]
 
 _KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 
@@ -38,6 +39,28 @@ def leaf_mask(image: np.ndarray) -> np.ndarray:
     return out
 
 
+def cut_leaf_mask(image: np.ndarray) -> np.ndarray:
+    """Mask (uint8, 255 = leaf) of a photographed leaf without any of its backdrop.
+
+    ``leaf_mask`` (saturation against a plain backdrop) keeps brown lesions at the
+    margin but can take in a coloured backdrop or a shadow; green/yellow tissue (the
+    robot's localizer rule) never does. Their intersection, with the tissue mask grown
+    by a few pixels, keeps marginal lesions and drops the backdrop. Training pastes
+    leaves cut this way on new backgrounds, and the field simulator plants them.
+    """
+    from vision.localize import largest_leaf_mask
+
+    tissue = largest_leaf_mask(image).astype(np.uint8)
+    grow = max(3, image.shape[1] // 16) | 1
+    near = cv2.dilate(tissue, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (grow, grow)))
+    mask = (leaf_mask(image) > 0) & (near > 0)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    out = np.zeros(image.shape[:2], np.uint8)
+    if contours:
+        cv2.drawContours(out, [max(contours, key=cv2.contourArea)], -1, 255, thickness=cv2.FILLED)
+    return out
+
+
 def random_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """A random plain colour, smooth blotches, or soil-like grain, uint8 BGR."""
     kind = rng.integers(3)
@@ -52,9 +75,18 @@ def random_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(base + grain, 0, 255).astype(np.uint8)
 
 
-def randomize_background(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Keep the leaf (mask), replace everything else, with a soft edge."""
+def randomize_background(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray,
+                         angle: float = 0.0, scale: float = 1.0) -> np.ndarray:
+    """Keep the leaf (mask), replace everything else, with a soft edge.
+
+    ``angle`` (degrees) and ``scale`` turn and zoom the leaf about the centre first:
+    with the backdrop gone, any angle is lossless, as a leaf seen from above on the ground.
+    """
     h, w = image.shape[:2]
+    if angle or scale != 1.0:
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+        image = cv2.warpAffine(np.ascontiguousarray(image), m, (w, h), flags=cv2.INTER_LINEAR)
+        mask = cv2.warpAffine(np.ascontiguousarray(mask), m, (w, h), flags=cv2.INTER_LINEAR)
     alpha = cv2.GaussianBlur(mask, (3, 3), 0).astype(np.float32)[:, :, None] * (1.0 / 255.0)
     bg = random_background(rng, h, w).astype(np.float32)
     return (image.astype(np.float32) * alpha + bg * (1.0 - alpha)).astype(np.uint8)
@@ -73,6 +105,23 @@ class AugmentConfig:
     saturation: float = 0.2
     hue: float = 3.0  # OpenCV hue units (0-180)
     background_p: float = 0.2
+    # With the backdrop replaced: any-angle turn and this zoom range, as the robot sees leaves.
+    pasted_scale: tuple[float, float] = (0.8, 1.1)
+
+
+# "leaf" suits a model with capacity to spare (leafnet_bn); "light" keeps only the lossless
+# turns and flips plus mild crops and lighting, for LeNet-sized models that underfit "leaf".
+AUGMENT_PRESETS: dict[str, AugmentConfig] = {
+    "leaf": AugmentConfig(),
+    "light": AugmentConfig(crop_scale=(0.85, 1.0), tilt_p=0.0, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.0),
+}
+
+
+def augment_config(preset: str, background_p: float) -> AugmentConfig:
+    """The named preset with the run's background-replacement probability."""
+    if preset not in AUGMENT_PRESETS:
+        raise ValueError(f"augmentation preset must be one of {sorted(AUGMENT_PRESETS)}, got {preset!r}")
+    return replace(AUGMENT_PRESETS[preset], background_p=background_p)
 
 
 class LeafAugment:
@@ -83,11 +132,15 @@ class LeafAugment:
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
         c = self.config
-        if mask is not None and rng.random() < c.background_p:
-            image = randomize_background(rng, image, mask)
+        # A failed cut (under 8% of the image, as the field simulator rejects) is never pasted:
+        # it would teach the class from a bare background.
+        pasted = mask is not None and rng.random() < c.background_p and mask.mean() >= 255 * 0.08
+        if pasted:
+            angle = rng.uniform(0.0, 360.0) if c.rotate else 0.0
+            image = randomize_background(rng, image, mask, angle, rng.uniform(*c.pasted_scale))
         if c.rotate:
             image = np.rot90(image, int(rng.integers(4)))
-            if rng.random() < c.tilt_p:
+            if not pasted and rng.random() < c.tilt_p:
                 h, w = image.shape[:2]
                 m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(-c.tilt_deg, c.tilt_deg), 1.0)
                 image = cv2.warpAffine(np.ascontiguousarray(image), m, (w, h), flags=cv2.INTER_LINEAR,
