@@ -154,7 +154,7 @@ class LeafBank:
 
         ``split`` is a ``split.json`` or a deploy bundle directory (which carries its model's split).
         """
-        from training.augment import cut_leaf_mask
+        from training.augment import MIN_CUT_FRACTION, cut_leaf_mask
         from training.data import ImageReadError, read_image, scan_folder
         from training.split import load_split
 
@@ -181,7 +181,7 @@ class LeafBank:
                     log.warning("skipping leaf %s: %s", p, e)
                     continue
                 mask = cut_leaf_mask(img)
-                if mask.mean() < 255 * 0.08:  # the cut failed (backdrop too green, leaf too small)
+                if mask.mean() < 255 * MIN_CUT_FRACTION:  # the cut failed
                     continue
                 leaves.append(_tight(LeafImage(name, img, mask, os.path.relpath(p, root))))
         log.info("leaf bank: %d leaves in %d classes from %s", len(leaves), len(classes), root)

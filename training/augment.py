@@ -14,10 +14,13 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-__all__ = ["AUGMENT_PRESETS", "AugmentConfig", "LeafAugment", "augment_config", "cut_leaf_mask", "leaf_mask",
+__all__ = ["AUGMENT_PRESETS", "MIN_CUT_FRACTION", "AugmentConfig", "LeafAugment", "augment_config", "cut_leaf_mask", "leaf_mask",
            "random_background", "randomize_background"]
 
 _KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+# A cut covering less of its image than this failed (backdrop too green, leaf too small):
+# training does not paste it, the field simulator does not plant it.
+MIN_CUT_FRACTION = 0.08
 
 
 def leaf_mask(image: np.ndarray) -> np.ndarray:
@@ -132,9 +135,8 @@ class LeafAugment:
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
         c = self.config
-        # A failed cut (under 8% of the image, as the field simulator rejects) is never pasted:
-        # it would teach the class from a bare background.
-        pasted = mask is not None and rng.random() < c.background_p and mask.mean() >= 255 * 0.08
+        # A failed cut is never pasted: it would teach the class from a bare background.
+        pasted = mask is not None and rng.random() < c.background_p and mask.mean() >= 255 * MIN_CUT_FRACTION
         if pasted:
             angle = rng.uniform(0.0, 360.0) if c.rotate else 0.0
             image = randomize_background(rng, image, mask, angle, rng.uniform(*c.pasted_scale))

@@ -80,7 +80,8 @@ def _train(args: argparse.Namespace) -> int:
         data=args.data, model=args.model, epochs=args.epochs, out=args.out, img_size=args.img_size,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, schedule=args.schedule,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, balance=args.balance,
-        background_p=args.background_p, augment=not args.no_augment, precision=args.precision, augment_preset=args.augment_preset, seed=args.seed, workers=args.workers,
+        background_p=args.background_p, augment=not args.no_augment, augment_preset=args.augment_preset,
+        precision=args.precision, seed=args.seed, workers=args.workers,
         threads=args.threads, time_budget_s=None if args.time_budget is None else args.time_budget * 60, resume=args.resume, progress=not args.no_progress, dump_replicas=args.dump_replicas,
     )
     try:
