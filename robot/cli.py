@@ -34,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--spacing", type=float, default=0.48, help="plant spacing along a line, metres (default 0.48)")
     p.add_argument("--speed", type=float, default=1.0, help="robot speed, m/s (default 1)")
     p.add_argument("--fps", type=float, default=20.0, help="camera frame rate (default 20)")
+    p.add_argument("--video-quality", type=int, default=75,
+                   help="MJPG quality of field.avi, 1-100 (default 75); lower it to mimic a harsher camera")
     p.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same field and video")
     p.set_defaults(func=_simulate)
 
@@ -110,7 +112,8 @@ def _simulate(args: argparse.Namespace) -> int:
 
     try:
         config = FieldConfig(rows=args.rows, row_length_m=args.row_length, lines=args.lines,
-                             plant_spacing_m=args.spacing, speed_m_s=args.speed, fps=args.fps, seed=args.seed)
+                             plant_spacing_m=args.spacing, speed_m_s=args.speed, fps=args.fps,
+                             video_quality=args.video_quality, seed=args.seed)
         if args.leaves is not None:
             leaves = LeafBank.from_folder(args.leaves, split=args.split, part=args.part,
                                           per_class=args.per_class, seed=args.seed)

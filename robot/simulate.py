@@ -30,7 +30,7 @@ from .gps import FieldGeometry, format_fix, write_nmea_log
 
 __all__ = [
     "FieldConfig", "LeafBank", "LeafImage", "PlantTruth", "FieldSimulator", "SimSource", "simulate_run",
-    "score_report", "soil_texture", "paste_leaf", "SimulationError",
+    "score_report", "soil_texture", "paste_leaf", "mjpeg_writer", "SimulationError",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,19 +61,25 @@ class FieldConfig:
     incidence: tuple[float, float] = (0.1, 0.6)  # each row's disease share is drawn from this range
     origin: tuple[float, float] = (48.0, 11.0)
     heading_deg: float = 90.0
+    # OpenCV's own MJPEG encoder at this quality (1-100), not FFmpeg's: the same bytes with any
+    # OpenCV build, and no colour shift (FFmpeg's default MJPEG here: half the bytes, ~1.5 grey
+    # levels bluer/redder on average), closer to a webcam's MJPG or a Pi camera's YUV420.
+    video_quality: int = 75
     seed: int = 0
 
     def __post_init__(self) -> None:
-        checks = {
-            "rows": self.rows >= 1, "row_length_m": self.row_length_m > 0, "lines": 1 <= self.lines <= 6,
-            "plant_spacing_m": self.plant_spacing_m > 0, "leaf_size_m": self.leaf_size_m > 0,
-            "px_per_m": self.px_per_m > 0, "speed_m_s": self.speed_m_s > 0, "fps": self.fps > 0,
-            "width": self.width >= 64, "height": self.height >= 64, "turn_frames": self.turn_frames >= 0,
-            "incidence": 0 <= self.incidence[0] <= self.incidence[1] <= 1,
+        expected = {  # field -> (valid?, what is expected)
+            "rows": (self.rows >= 1, ">= 1"), "row_length_m": (self.row_length_m > 0, "> 0"),
+            "lines": (1 <= self.lines <= 6, "1-6"), "plant_spacing_m": (self.plant_spacing_m > 0, "> 0"),
+            "leaf_size_m": (self.leaf_size_m > 0, "> 0"), "px_per_m": (self.px_per_m > 0, "> 0"),
+            "speed_m_s": (self.speed_m_s > 0, "> 0"), "fps": (self.fps > 0, "> 0"),
+            "video_quality": (1 <= self.video_quality <= 100, "1-100"), "width": (self.width >= 64, ">= 64"),
+            "height": (self.height >= 64, ">= 64"), "turn_frames": (self.turn_frames >= 0, ">= 0"),
+            "incidence": (0 <= self.incidence[0] <= self.incidence[1] <= 1, "0 <= low <= high <= 1"),
         }
-        bad = [k for k, ok in checks.items() if not ok]
+        bad = [f"{k}={getattr(self, k)!r} (expected {want})" for k, (ok, want) in expected.items() if not ok]
         if bad:
-            raise SimulationError(f"invalid field settings {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+            raise SimulationError(f"invalid field settings: {', '.join(bad)}")
         if self.leaf_size_m * self.px_per_m > self.height / max(1, self.lines) * 1.2:
             raise SimulationError(
                 f"leaves of {self.leaf_size_m} m ({self.leaf_size_m * self.px_per_m:.0f} px) do not fit "
@@ -92,7 +98,8 @@ class FieldConfig:
     def from_spec(cls, spec: str) -> tuple["FieldConfig", dict[str, str]]:
         """``rows=2,length=4,seed=1`` -> config, plus keys meant for the caller (``leaves``)."""
         alias = {"length": "row_length_m", "spacing": "plant_spacing_m", "speed": "speed_m_s"}
-        types = {f.name: f.type for f in fields(cls)}
+        # the live camera hands over rendered frames, no recording: a video quality would do nothing there
+        types = {f.name: f.type for f in fields(cls) if f.name != "video_quality"}
         kw: dict[str, Any] = {}
         extra: dict[str, str] = {}
         for part in filter(None, (p.strip() for p in spec.split(","))):
@@ -221,13 +228,22 @@ def soil_texture(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
 
 def paste_leaf(canvas: np.ndarray, leaf: LeafImage, cx: float, cy: float, size: int, angle: float) -> None:
     """Blend ``leaf`` into ``canvas`` (in place) centred at (cx, cy), longest side ``size`` px, rotated."""
-    h, w = leaf.image.shape[:2]
+    image, mask = leaf.image, leaf.mask
+    h, w = image.shape[:2]
     scale = size / max(h, w)
+    if scale < 1:
+        # warpAffine has no area filter (INTER_AREA falls back to bilinear there), so a 256 -> ~100 px
+        # shrink would alias disease texture a real camera lens blurs away: shrink by area first.
+        dsize = (max(1, round(w * scale)), max(1, round(h * scale)))
+        image = cv2.resize(image, dsize, interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask, dsize, interpolation=cv2.INTER_AREA)
+        h, w = image.shape[:2]
+        scale = 1.0
     side = int(math.ceil(math.hypot(h, w) * scale)) + 2
     m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
     m[:, 2] += (side / 2 - w / 2, side / 2 - h / 2)
-    img = cv2.warpAffine(leaf.image, m, (side, side), flags=cv2.INTER_AREA)
-    alpha = cv2.warpAffine(leaf.mask, m, (side, side), flags=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+    img = cv2.warpAffine(image, m, (side, side), flags=cv2.INTER_LINEAR)
+    alpha = cv2.warpAffine(mask, m, (side, side), flags=cv2.INTER_LINEAR).astype(np.float32) / 255.0
     x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
     cx0, cy0 = max(x0, 0), max(y0, 0)  # clip to the canvas
     cx1, cy1 = min(x0 + side, canvas.shape[1]), min(y0 + side, canvas.shape[0])
@@ -372,6 +388,14 @@ class SimSource(FrameSource):
         self._it = None
 
 
+def mjpeg_writer(path: str | os.PathLike, fps: float, size: tuple[int, int], quality: int) -> cv2.VideoWriter:
+    """An MJPG AVI writer (OpenCV's own encoder, ``quality`` 1-100) for frames of ``size`` (w, h)."""
+    writer = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    if not writer.isOpened() or not writer.set(cv2.VIDEOWRITER_PROP_QUALITY, quality):
+        raise SimulationError(f"OpenCV cannot write MJPG video to {path}")
+    return writer
+
+
 def simulate_run(
     out_dir: str | os.PathLike, config: FieldConfig | None = None, *, leaves: LeafBank | None = None,
     progress: bool = False,
@@ -382,9 +406,7 @@ def simulate_run(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     video = out / "field.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), config.fps, (config.width, config.height))
-    if not writer.isOpened():
-        raise SimulationError(f"OpenCV cannot write MJPG video to {video}")
+    writer = mjpeg_writer(video, config.fps, (config.width, config.height), config.video_quality)
     sentences: list[str] = []
     every = max(1, int(round(config.fps / 10)))  # a 10 Hz receiver
     course = config.heading_deg

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.augment import AugmentConfig, LeafAugment, cut_leaf_mask, leaf_mask, randomize_background
+from training.augment import AugmentConfig, LeafAugment, cut_leaf_mask, jpeg_roundtrip, leaf_mask, randomize_background
 from training.data import read_image, scan_folder
 from training.distributed import DistInfo
 from training.evaluate import _disk_batches
@@ -136,3 +136,33 @@ def test_augment_never_pastes_a_failed_cut() -> None:
                                     contrast=0.0, saturation=0.0, hue=0.0, rotate=False, flip=False))
     out = aug(img, np.zeros((80, 80), np.uint8), np.random.default_rng(5))
     assert np.abs(out.astype(int) - img).max() <= 3  # only the HSV round trip of the (zero) jitter
+
+
+def test_jpeg_round_trip_halves_colour_detail_like_a_camera() -> None:
+    """4:2:0 keeps brightness detail but blurs colour detail finer than two pixels (small lesions)."""
+    img = np.full((64, 64, 3), (40, 140, 60), np.uint8)
+    img[:, 1::2] = (40, 60, 140)  # one-pixel stripes of another hue, same order of brightness
+    out = jpeg_roundtrip(img, 95)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    red = out[:, :, 2].astype(int)
+    assert np.abs(red[:, 1::2] - red[:, ::2]).mean() < 0.5 * 80  # the stripes' colour runs together
+    grey = np.zeros((64, 64, 3), np.uint8)
+    grey[:, 1::2] = 200
+    kept = jpeg_roundtrip(grey, 95)[:, :, 1].astype(int)
+    assert np.abs(kept[:, 1::2] - kept[:, ::2]).mean() > 0.7 * 200  # brightness stripes survive
+    assert jpeg_roundtrip(img, 80, side=120).shape == (120, 120, 3)
+    with pytest.raises(ValueError, match="quality must be within 1-100, got 0"):
+        jpeg_roundtrip(img, 0)
+
+
+def test_augment_applies_jpeg_with_its_probability() -> None:
+    rng = np.random.default_rng(6)
+    img, mask = draw_leaf(rng, "Leaf___spot", 80)
+    still = dict(crop_scale=(1.0, 1.0), tilt_p=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
+                 rotate=False, flip=False, background_p=0.0)
+    plain = LeafAugment(AugmentConfig(**still))(img, mask, np.random.default_rng(1))
+    jpeg = LeafAugment(AugmentConfig(**still, jpeg_p=1.0, jpeg_quality=(60, 60), jpeg_side=(80, 80)))(
+        img, mask, np.random.default_rng(1))
+    assert jpeg.shape == img.shape
+    diff = np.abs(jpeg.astype(int) - plain).mean()
+    assert 0.5 < diff < 12  # compressed: changed, but still the same leaf

@@ -51,8 +51,29 @@ def test_sim_spec_options_and_bad_options() -> None:
     assert src.simulator.config.rows == 1 and src.fps == 10.0
     with pytest.raises(SimulationError, match="unknown simulator option 'colour'; known:"):
         SimSource.from_spec("colour=red")
-    with pytest.raises(SimulationError, match="invalid field settings rows=0"):
+    with pytest.raises(SimulationError, match=r"invalid field settings: rows=0 \(expected >= 1\)"):
         FieldConfig(rows=0)
+    with pytest.raises(SimulationError, match=r"video_quality=0 \(expected 1-100\)"):
+        FieldConfig(video_quality=0)
+    with pytest.raises(SimulationError, match="unknown simulator option 'video_quality'"):
+        SimSource.from_spec("video_quality=50")  # the live simulator records nothing
+
+
+def test_video_quality_is_the_recording_quality(tmp_path: Path) -> None:
+    """OpenCV's own MJPEG writer at the configured quality: lower quality, fewer bytes, more error."""
+    config = FieldConfig(rows=1, row_length_m=1.0, seed=3)
+    sim = FieldSimulator(config, LeafBank.synthetic(seed=config.seed))
+    first = next(sim.frames())[0]
+    sizes, errors = {}, {}
+    for q in (30, 95):
+        out = simulate_run(tmp_path / str(q), FieldConfig(rows=1, row_length_m=1.0, seed=3, video_quality=q))
+        sizes[q] = (out / "field.avi").stat().st_size
+        ok, frame = cv2.VideoCapture(str(out / "field.avi")).read()
+        assert ok
+        errors[q] = np.abs(frame.astype(int) - first).mean()
+    assert sizes[30] < 0.8 * sizes[95]
+    assert errors[95] < errors[30]
+    assert errors[95] < 2.0  # close to what the simulator rendered
 
 
 def test_real_leaves_are_cut_from_their_backdrop(plantvillage_dir: Path | None) -> None:
@@ -72,3 +93,6 @@ def test_cli_simulate_writes_a_run(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "plants" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "cli").iterdir()) == ["field.avi", "field.json", "gps.nmea", "truth.json"]
     assert main(["simulate", "--out", str(tmp_path / "x"), "--split", str(tmp_path / "s.json")]) == 2
+    assert main(["simulate", "--out", str(tmp_path / "q"), "--video-quality", "0"]) == 2
+    assert "video_quality=0 (expected 1-100)" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()

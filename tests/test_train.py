@@ -116,6 +116,36 @@ def test_resume_needs_a_previous_run(leaves: Path, tmp_path: Path) -> None:
         train(_config(leaves, tmp_path / "none", tmp_path / "cache", resume=True))
 
 
+def test_fine_tune_starts_from_the_weights_on_their_split(trained, tmp_path: Path) -> None:
+    """--init-from: the source's weights (a vanishing learning rate keeps them) and its exact split."""
+    run, _ = trained
+    tuned = train(_config(None, tmp_path / "tuned", tmp_path / "cache", epochs=1, lr=1e-12,
+                          init_from=run / "best.pt"))
+    src, new = read_checkpoint(run / "best.pt"), read_checkpoint(tuned / "last.pt")
+    assert load_split(tuned / "split.json").sha256 == load_split(run / "split.json").sha256
+    assert new["split_manifest_sha256"] == src["split_manifest_sha256"]
+    weights = [k for k in src["state_dict"] if k.endswith("weight") and src["state_dict"][k].ndim > 1]
+    assert weights
+    for k in weights:  # conv and linear weights: untouched by the tiny step (BN running stats do move)
+        assert torch.allclose(src["state_dict"][k].float(), new["state_dict"][k].float(), atol=1e-6), k
+    assert new["train_config"]["init_from"] == str(run / "best.pt")
+
+
+def test_fine_tune_refuses_what_would_leak_or_mismatch(trained, tmp_path: Path) -> None:
+    run, _ = trained
+    with pytest.raises(TrainError, match="does not exist"):
+        train(_config(None, tmp_path / "a", tmp_path / "cache", init_from=tmp_path / "nope.pt"))
+    lonely = tmp_path / "lonely"
+    lonely.mkdir()
+    (lonely / "best.pt").write_bytes((run / "best.pt").read_bytes())
+    with pytest.raises(TrainError, match="no split.json beside"):
+        train(_config(None, tmp_path / "b", tmp_path / "cache", init_from=lonely / "best.pt"))
+    with pytest.raises(TrainError, match="holds 'lenet_bn', not --model 'leafnet_bn'"):
+        train(_config(None, tmp_path / "c", tmp_path / "cache", model="leafnet_bn", init_from=run / "best.pt"))
+    with pytest.raises(TrainError, match="exclude each other"):
+        train(_config(None, tmp_path / "d", tmp_path / "cache", resume=True, init_from=run / "best.pt"))
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("model", "nope", "leafnet_bn"),
     ("optimizer", "lion", "adamw"),
@@ -124,6 +154,7 @@ def test_resume_needs_a_previous_run(leaves: Path, tmp_path: Path) -> None:
     ("precision", "fp16", "bf16"),
     ("augment_preset", "heavy", "light"),
     ("background_p", 1.5, "background_p"),
+    ("jpeg_p", -0.1, "jpeg_p"),
 ])
 def test_bad_config_is_named(tmp_path: Path, field: str, value, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-__all__ = ["AUGMENT_PRESETS", "MIN_CUT_FRACTION", "AugmentConfig", "LeafAugment", "augment_config", "cut_leaf_mask", "leaf_mask",
+__all__ = ["AUGMENT_PRESETS", "MIN_CUT_FRACTION", "AugmentConfig", "LeafAugment", "augment_config", "cut_leaf_mask", "jpeg_roundtrip", "leaf_mask",
            "random_background", "randomize_background"]
 
 _KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
@@ -110,6 +110,14 @@ class AugmentConfig:
     background_p: float = 0.2
     # With the backdrop replaced: any-angle turn and this zoom range, as the robot sees leaves.
     pasted_scale: tuple[float, float] = (0.8, 1.1)
+    # Camera compression: robot cameras deliver JPEG/MJPG or YUV 4:2:0, which halves the colour
+    # resolution; lesions are colour detail, so a model never shown it may lose them (the robot
+    # benchmark in docs/benchmarks.md shows held-out leaves on soil before and after the recording).
+    # With probability jpeg_p the image is scaled to a side in jpeg_side (a leaf's size in a
+    # 640x480 frame) and passed through JPEG (4:2:0) at a quality in jpeg_quality.
+    jpeg_p: float = 0.0
+    jpeg_quality: tuple[int, int] = (60, 95)
+    jpeg_side: tuple[int, int] = (96, 160)
 
 
 # "leaf" suits a model with capacity to spare (leafnet_bn); "light" keeps only the lossless
@@ -120,11 +128,28 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
 }
 
 
-def augment_config(preset: str, background_p: float) -> AugmentConfig:
-    """The named preset with the run's background-replacement probability."""
+def augment_config(preset: str, background_p: float, jpeg_p: float = 0.0) -> AugmentConfig:
+    """The named preset with the run's background-replacement and JPEG probabilities."""
     if preset not in AUGMENT_PRESETS:
         raise ValueError(f"augmentation preset must be one of {sorted(AUGMENT_PRESETS)}, got {preset!r}")
-    return replace(AUGMENT_PRESETS[preset], background_p=background_p)
+    return replace(AUGMENT_PRESETS[preset], background_p=background_p, jpeg_p=jpeg_p)
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int, side: int | None = None) -> np.ndarray:
+    """``image`` as a camera's JPEG (4:2:0) would deliver it, at ``side`` px (longest side; None: as is)."""
+    if not 1 <= quality <= 100:
+        raise ValueError(f"JPEG quality must be within 1-100, got {quality}")
+    if side is not None:
+        h, w = image.shape[:2]
+        s = side / max(h, w)
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image), [cv2.IMWRITE_JPEG_QUALITY, int(quality),
+                                                                 cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                                                 cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420])
+    if not ok:
+        raise ValueError(f"OpenCV could not JPEG-encode an image of shape {image.shape}")
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)
 
 
 class LeafAugment:
@@ -150,7 +175,11 @@ class LeafAugment:
         if c.flip and rng.random() < 0.5:
             image = image[:, ::-1]
         image = self._crop(image, rng)
-        return self._jitter(np.ascontiguousarray(image), rng)
+        image = self._jitter(np.ascontiguousarray(image), rng)
+        if c.jpeg_p and rng.random() < c.jpeg_p:
+            image = jpeg_roundtrip(image, int(rng.integers(c.jpeg_quality[0], c.jpeg_quality[1] + 1)),
+                                   int(rng.integers(c.jpeg_side[0], c.jpeg_side[1] + 1)))
+        return image
 
     def _crop(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         h, w = image.shape[:2]

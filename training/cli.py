@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "root of the frequency (sqrt: milder), or none")
     p.add_argument("--background-p", type=float, default=0.2,
                    help="probability of pasting the leaf on a random background (default 0.2)")
+    p.add_argument("--jpeg-p", type=float, default=0.0,
+                   help="probability of a camera-like JPEG round trip (4:2:0, quality 60-95, leaf 96-160 px): "
+                        "robustness to MJPG/YUV420 cameras (default 0)")
     p.add_argument("--augment", choices=("leaf", "light"), default="leaf", dest="augment_preset",
                    help="augmentation preset: leaf (crops 60-100%%, tilts, colour jitter; default) or light "
                         "(turns, flips, 85-100%% crops, mild lighting: for LeNet-sized models)")
@@ -48,6 +51,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--time-budget", type=float, default=None, metavar="MINUTES",
                    help="finish within this many minutes: fewer epochs, learning rate decayed to fit")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--init-from", type=Path, default=None, metavar="CKPT",
+                   help="fine-tune: start from this checkpoint's weights (new optimizer and schedule) on the "
+                        "split it was trained on (split.json beside it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--dump-replicas", action="store_true",
                    help="every process also writes its final weights to OUT/replicas/rankN.pt (DDP check)")
@@ -80,9 +86,10 @@ def _train(args: argparse.Namespace) -> int:
         data=args.data, model=args.model, epochs=args.epochs, out=args.out, img_size=args.img_size,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, schedule=args.schedule,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, balance=args.balance,
-        background_p=args.background_p, augment=not args.no_augment, augment_preset=args.augment_preset,
+        background_p=args.background_p, jpeg_p=args.jpeg_p, augment=not args.no_augment, augment_preset=args.augment_preset,
         precision=args.precision, seed=args.seed, workers=args.workers,
-        threads=args.threads, time_budget_s=None if args.time_budget is None else args.time_budget * 60, resume=args.resume, progress=not args.no_progress, dump_replicas=args.dump_replicas,
+        threads=args.threads, time_budget_s=None if args.time_budget is None else args.time_budget * 60, resume=args.resume,
+        init_from=args.init_from, progress=not args.no_progress, dump_replicas=args.dump_replicas,
     )
     try:
         run = train(config)

@@ -66,8 +66,12 @@ class TrainConfig:
     seed: int = 0
     workers: int = 0
     resume: bool = False
+    # Fine-tune: start from this checkpoint's weights (fresh optimizer and schedule) on the
+    # split it was trained on (its run's split.json), so its test part stays unseen.
+    init_from: Path | None = None
     augment: bool = True
     background_p: float = 0.2
+    jpeg_p: float = 0.0  # probability of a camera-like JPEG (4:2:0) round trip (training.augment)
     augment_preset: str = "leaf"  # a key of training.augment.AUGMENT_PRESETS
     balance: str = "loss"
     threads: int | None = None  # torch threads per process; None: leave one core for the rest
@@ -94,6 +98,8 @@ class TrainConfig:
             raise TrainError(f"augment_preset must be one of {sorted(AUGMENT_PRESETS)}, got {self.augment_preset!r}")
         if not 0.0 <= self.background_p <= 1.0:
             raise TrainError(f"background_p must be within [0, 1], got {self.background_p}")
+        if not 0.0 <= self.jpeg_p <= 1.0:
+            raise TrainError(f"jpeg_p must be within [0, 1], got {self.jpeg_p}")
         if self.precision not in PRECISIONS:
             raise TrainError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.balance not in BALANCING:
@@ -104,6 +110,9 @@ class TrainConfig:
             raise TrainError(f"lr must be > 0, got {self.lr}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise TrainError(f"time_budget_s must be > 0, got {self.time_budget_s}")
+        if self.init_from is not None and self.resume:
+            raise TrainError("init_from (fine-tune) and resume exclude each other: resume continues a run, "
+                             "init_from starts a new one from another run's weights")
         if self.img_size is not None and self.img_size < 16:
             raise TrainError(f"img_size must be >= 16, got {self.img_size}")
 
@@ -212,7 +221,7 @@ def _train_set(split: Split, spec: PreprocessSpec, config: TrainConfig, info: Di
     key = "bgr+cutmask:" + json.dumps(big.to_json())
     arrays, ok = _cached_arrays(samples, with_mask, key, config, info, "train images")
     arrays = arrays[ok]
-    aug = LeafAugment(augment_config(config.augment_preset, config.background_p))
+    aug = LeafAugment(augment_config(config.augment_preset, config.background_p, config.jpeg_p))
     return TrainImages(
         np.ascontiguousarray(arrays[..., :3]), np.ascontiguousarray(arrays[..., 3]), labels[ok], spec, aug, config.seed
     )
@@ -397,17 +406,48 @@ def _prepare_run(config: TrainConfig, info: DistInfo) -> tuple[Split, dict[str, 
         last = out / "last.pt"
         if not last.is_file():
             raise TrainError(f"--resume: {last} does not exist; start without --resume or pick the run's --out")
-        ckpt = read_checkpoint(last)
-        split = load_split(split_path, root=config.data)
-        if ckpt.get("split_manifest_sha256") not in (None, split.sha256):
-            raise CheckpointError(f"{split_path} is not the split {last} was trained on (sha256 differs)")
-        if ckpt["model"]["name"] != config.model:
-            raise TrainError(f"--resume: {last} holds {ckpt['model']['name']!r}, not --model {config.model!r}")
-        return split, ckpt
+        return _checkpoint_and_split(last, split_path, config, "--resume")
+    if config.init_from is not None:
+        split = _init_split(config)
+        if info.is_main:
+            split.save(split_path)
+        return split, None
     split = make_split(_resolve_data(config, info), seed=config.seed)
     if info.is_main:
         split.save(split_path)
     return split, None
+
+
+def _init_split(config: TrainConfig) -> Split:
+    """The split of the run ``init_from`` comes from (a fine-tune must not train on its test part)."""
+    source = Path(config.init_from)
+    if not source.is_file():
+        raise TrainError(f"--init-from: {source} does not exist; give a checkpoint (.pt) of a finished run")
+    split_path = source.parent / "split.json"
+    if not split_path.is_file():
+        raise TrainError(f"--init-from: no split.json beside {source}; fine-tuning needs the split its weights were "
+                         "trained on, or the new run could train on their test images")
+    return _checkpoint_and_split(source, split_path, config, "--init-from")[0]
+
+
+def _checkpoint_and_split(path: Path, split_path: Path, config: TrainConfig, flag: str) -> tuple[Split, dict[str, Any]]:
+    """A checkpoint and the split it was trained on, checked against each other and the run's model."""
+    ckpt = read_checkpoint(path)
+    split = load_split(split_path, root=config.data)
+    if ckpt.get("split_manifest_sha256") not in (None, split.sha256):
+        raise CheckpointError(f"{split_path} is not the split {path} was trained on (sha256 differs)")
+    if ckpt["model"]["name"] != config.model:
+        raise TrainError(f"{flag}: {path} holds {ckpt['model']['name']!r}, not --model {config.model!r}")
+    return split, ckpt
+
+
+def _init_weights(model: nn.Module, config: TrainConfig, classes: list[str]) -> None:
+    """Load ``init_from``'s weights strictly (same model, same classes in the same order)."""
+    ckpt = read_checkpoint(Path(config.init_from))
+    if list(ckpt["classes"]) != list(classes):
+        raise TrainError(f"--init-from: {config.init_from} was trained on other classes than its split lists")
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    log.info("fine-tuning from %s (epoch %s)", config.init_from, ckpt.get("epoch"))
 
 
 def _loaders(train_set: TrainImages, val_set: TrainImages, config: TrainConfig, info: DistInfo):
@@ -490,6 +530,8 @@ def _train(config: TrainConfig, info: DistInfo) -> Path:
         log.info("split %s: %s; %d classes; input %s", split.sha256[:12], split.counts(), len(classes), spec.size)
 
     model, model_args = build_model(config.model, len(classes), size, config.model_args)
+    if config.init_from is not None:
+        _init_weights(model, config, classes)
     model.to(info.device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
