@@ -8,6 +8,10 @@ picture or stays unseen for ``max_missed`` frames; tracks seen in fewer than
 ``min_frames`` frames are noise. Each track collects classification votes (at
 most ``votes``, ``vote_every`` frames apart, only while fully in view) and keeps
 the position where it was closest to the picture's centre.
+
+Frames are counted by their index, not by calls: a live loop that drops frames (or skips
+a frozen camera's repeats) passes the gap, so the predicted shift and the frames a track
+went unseen are the real ones, and a turn at the headland still ends the row's tracks.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ __all__ = ["TrackerConfig", "Track", "PlantTracker"]
 @dataclass(frozen=True)
 class TrackerConfig:
     gate: float = 0.6  # max match distance, as a fraction of the leaf's larger box side
-    max_missed: int = 4  # frames a track may go unseen (occlusion, merged with a neighbour)
+    max_missed: int = 4  # camera frames a track may go unseen (occlusion, merged with a neighbour)
     min_frames: int = 3  # shorter tracks are not plants
     votes: int = 3  # classifications per plant, at most (each costs a model call: the main per-frame cost)
     vote_every: int = 8  # frames between two classifications: views from right, centre and left of the picture
@@ -78,14 +82,15 @@ class PlantTracker:
         self.width, self.height = frame_size
         self.config = config or TrackerConfig()
         self.tracks: list[Track] = []
-        self.motion = np.zeros(2)  # image shift per frame, shared by all plants
+        self.motion = np.zeros(2)  # image shift per camera frame, shared by all plants
+        self._last_index: int | None = None
         self._ids = itertools.count()
         self.noise_tracks = 0
 
-    def _match(self, detections: Sequence[Detection]) -> list[tuple[int, int]]:
+    def _match(self, detections: Sequence[Detection], shift: np.ndarray) -> list[tuple[int, int]]:
         if not self.tracks or not detections:
             return []
-        pred = np.array([t.centroid for t in self.tracks]) + self.motion
+        pred = np.array([t.centroid for t in self.tracks]) + shift
         cent = np.array([d.centroid for d in detections])
         dist = np.linalg.norm(pred[:, None, :] - cent[None, :, :], axis=2)
         gate = np.array([self.config.gate * max(t.size, 8.0) for t in self.tracks])[:, None]
@@ -101,10 +106,16 @@ class PlantTracker:
 
     def update(self, detections: Sequence[Detection], frame_index: int, where: Any = None) -> list[Track]:
         """Associate this frame's detections; ``where`` (e.g. a position) is kept per plant."""
-        pairs = self._match(detections)
+        gap = 1 if self._last_index is None else max(1, frame_index - self._last_index)  # frames since the last call
+        self._last_index = frame_index
+        # unseen longer than max_missed over frames never processed: gone, whatever is there now
+        stale = [t for t in self.tracks if frame_index - t.last_frame - 1 > self.config.max_missed]
+        self.tracks = [t for t in self.tracks if frame_index - t.last_frame - 1 <= self.config.max_missed]
+        pairs = self._match(detections, self.motion * gap)
         if pairs:
             shifts = np.array([np.subtract(detections[d].centroid, self.tracks[t].centroid) for t, d in pairs])
-            self.motion = 0.5 * self.motion + 0.5 * np.median(shifts, axis=0)
+            self.motion = 0.5 * self.motion + 0.5 * np.median(shifts, axis=0) / gap
+        shift = self.motion * gap
         matched_t = {t for t, _ in pairs}
         matched_d = {d for _, d in pairs}
         for ti, di in pairs:
@@ -113,9 +124,9 @@ class PlantTracker:
         for ti, track in enumerate(self.tracks):
             if ti in matched_t:
                 continue
-            track.missed += 1
+            track.missed += gap
             track.full_view = False
-            cx, cy = np.add(track.centroid, self.motion)
+            cx, cy = np.add(track.centroid, shift)
             track.centroid = (float(cx), float(cy))
             half = track.size / 2
             gone = cx + half < 0 or cx - half > self.width or cy + half < 0 or cy - half > self.height
@@ -128,7 +139,7 @@ class PlantTracker:
             track = Track(next(self._ids), det.box, det.centroid, frame_index, frame_index)
             self._observe(track, det, frame_index, where, first=True)
             self.tracks.append(track)
-        return self._end(ended)
+        return self._end(stale + ended)
 
     def _observe(self, track: Track, det: Detection, frame_index: int, where: Any, first: bool = False) -> None:
         track.box, track.centroid, track.area, track.detection = det.box, det.centroid, det.area, det

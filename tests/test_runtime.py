@@ -77,6 +77,21 @@ def test_a_recording_gives_the_same_report_every_run(
     assert a["diseased"] == sum(n for c, n in a["by_class"].items() if "healthy" not in c)
 
 
+def test_a_recording_played_live_counts_like_its_replay(bundle, tmp_path: Path) -> None:
+    """Live, the headland turn's identical frames are skipped as frozen: the row's last plants must still end there."""
+    cfg = FieldConfig(rows=2, row_length_m=3.0, seed=21, fps=50.0, speed_m_s=2.5)  # the fixture's frames, 2.5x faster
+    run = simulate_run(tmp_path / "field", cfg, leaves=LeafBank.synthetic(seed=21, per_class=6))
+    rows = {}
+    for live in (False, True):
+        positions = GpsPosition(NmeaLog(run / "gps.nmea"), FieldGeometry.load(run / "field.json"))
+        with open_capture(str(run / "field.avi"), live=live) as cap, SurveyStore(None) as store:
+            report = Runtime(cap, LeafClassifier(bundle), store, positions=positions).run()
+        rows[live] = [r["plants"] for r in report["rows"]]
+    assert report["mode"] == "live" and report["camera"]["frozen"] >= cfg.turn_frames - 1
+    truth = json.loads((run / "truth.json").read_text())
+    assert rows[True] == rows[False] == [r["plants"] for r in truth["rows"]]
+
+
 def test_counts_plants_once_and_puts_them_in_their_rows(field_run: Path, bundle, tmp_path: Path) -> None:
     truth = json.loads((field_run / "truth.json").read_text())
     sink = MemorySink()

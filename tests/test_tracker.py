@@ -52,6 +52,32 @@ def test_a_plant_missed_for_a_few_frames_is_still_one_plant() -> None:
     assert len(ended + tracker.flush()) == 2
 
 
+def test_dropped_frames_keep_each_plant_one_track() -> None:
+    """A live loop that processes every third frame: the gap scales the predicted shift."""
+    xs, ys = [700, 800, 900, 1000], [120, 360, 120, 360]
+    tracker = PlantTracker((W, H))
+    ended, motion = [], {}
+    for k, dets in drive(xs, ys, steps=90, speed=25.0):
+        if k % 3 == 0:
+            ended += tracker.update(dets, k)
+            motion[k] = tracker.motion[0]
+    ended += tracker.flush()
+    assert len(ended) == 4
+    assert motion[27] == pytest.approx(-25, abs=1)  # per camera frame, not per processed one
+
+
+def test_a_gap_longer_than_max_missed_ends_the_tracks() -> None:
+    """Frames never processed (a frozen camera's repeats at the headland turn) still count as unseen."""
+    tracker = PlantTracker((W, H), TrackerConfig(max_missed=4))
+    for k in range(5):
+        assert tracker.update([det(320 - 10 * k, 240)], k) == []
+    assert tracker.update([], 5) == []  # one frame of bare soil, then frames 6-9 never processed
+    # the next row's plant, where the last one would be by now: the old plant ended, a new track begins
+    ended = tracker.update([det(320 - 10 * 10, 240)], 10)
+    assert [(t.first_frame, t.frames) for t in ended] == [(0, 5)]
+    assert [t.first_frame for t in tracker.tracks] == [10]
+
+
 def test_one_frame_flicker_is_noise_not_a_plant() -> None:
     tracker = PlantTracker((W, H), TrackerConfig(min_frames=3))
     tracker.update([det(300, 240)], 0)
