@@ -142,7 +142,7 @@ def live_run(run: Path, bundle, crop_fill: int | None) -> dict:
 
     report = replay(run, bundle, threaded=True, crop_fill=crop_fill, live=True)
     score = score_report(report, json.loads((run / "truth.json").read_text()))
-    return {"camera_fps": report["camera"].get("fps") or round(1000 / report["live"]["frame_period_ms"], 1),
+    return {"camera_fps": round(1000 / report["live"]["frame_period_ms"], 1),
             "frames_read": report["camera"]["frames_read"], "frozen": report["camera"]["frozen"],
             "processed": report["frames"], **report["live"],
             **{k: score[k] for k in ("plants_truth", "plants", "count_error_pct", "max_row_error_points")}}

@@ -62,8 +62,7 @@ class FieldConfig:
     origin: tuple[float, float] = (48.0, 11.0)
     heading_deg: float = 90.0
     # OpenCV's own MJPEG encoder at this quality (1-100), not FFmpeg's: the same bytes with any
-    # OpenCV build, and no colour shift (FFmpeg's default MJPEG here: half the bytes, ~1.5 grey
-    # levels bluer/redder on average), closer to a webcam's MJPG or a Pi camera's YUV420.
+    # OpenCV build, less error and colour shift (measured in docs/opencv.md).
     video_quality: int = 75
     seed: int = 0
 
