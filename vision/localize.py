@@ -1,11 +1,18 @@
-"""Find leaves in a camera frame with classical colour segmentation, fast enough for every frame.
+"""Find plants in a camera frame: vegetation segmentation, then leaf-sized, leaf-shaped blobs.
 
-Pixels are leaf when they are green (excess green, 2G - R - B) or bright yellow
-(chlorosis); brown lesions are not green, so holes are filled and small gaps
-closed to keep diseased tissue inside its leaf. Segmentation runs on a frame
-shrunk to ``work_width`` pixels (a 4x smaller 640x480 frame costs well under a
-millisecond); boxes come back in full-frame pixels and masks are drawn only when
-asked for. Soil (brown, grey, low saturation) yields no detections.
+``vision.segment`` marks vegetation per pixel with a per-frame threshold (bare soil,
+straw, gravel give none). This module turns that mask into plant candidates on a
+frame shrunk to ``work_width`` pixels (a 4x smaller 640x480 frame costs about a
+millisecond): an opening first removes specks, grass blades and thin weeds narrower
+than ``open_px``; a closing then bridges lesions that cut a leaf; blobs are filled
+(brown lesions stay inside their leaf) and kept when their area, solidity and green
+fill (the share of the blob that is really vegetation, which rejects welded specks)
+look like a leaf. Touching leaves are split at their neck with a distance transform
+and a watershed. Boxes come back in full-frame pixels; masks are drawn only when asked.
+
+Every candidate still goes through the classifier (its ``background`` class and
+out-of-distribution gate) before it counts as a plant: colour cannot tell a crop leaf
+from a weed of the same size.
 """
 from __future__ import annotations
 
@@ -16,8 +23,10 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from .segment import Segmentation, segment_vegetation
+
 __all__ = ["LocalizeConfig", "Detection", "LeafLocalizer", "LocalizeError", "largest_leaf_mask", "square_crop",
-           "masked_square_crop"]
+           "masked_square_crop", "vegetation_mask"]
 
 log = logging.getLogger(__name__)
 
@@ -28,24 +37,44 @@ class LocalizeError(ValueError):
 
 @dataclass(frozen=True)
 class LocalizeConfig:
-    """Segmentation settings; areas are fractions of the full frame so they hold at any resolution."""
+    """Localizer settings (the ``[localizer]`` section of robot.toml).
+
+    Kernel sizes are in work-resolution pixels; areas are fractions of the full frame,
+    so they hold at any camera resolution.
+    """
 
     work_width: int = 160  # segmentation resolution (pixels across)
-    exg_min: int = 24  # 2G - R - B above this is green tissue (uint8 scale)
-    yellow_hue: tuple[int, int] = (20, 40)  # OpenCV hue (0-180) of yellow/chlorotic tissue (soil is < 15)
-    yellow_sat_min: int = 100
-    yellow_val_min: int = 120
-    close_px: int = 5  # closing kernel at work resolution (~20 px of a 640 frame): bridges lesions that cut a leaf
+    min_index: float = 0.08  # excess-green floor: Otsu's threshold is never below it (bare soil gives nothing)
+    brightness_k: float = 1.0  # damping of dark pixels in the index (x the frame's mean brightness)
+    balance: bool = True  # white-balance the index against the frame's own soil
+    denoise_px: int = 3  # median filter before the index (0: off); removes chroma speckle
+    open_px: int = 3  # opening kernel: specks, grass blades and thin weeds narrower than this go
+    close_px: int = 5  # closing kernel (~20 px of a 640 frame): bridges lesions that cut a leaf
     min_area: float = 0.003  # of the frame; 0.3 % of 640x480 ~ 920 px ~ a 30 px leaf
     max_area: float = 0.5
+    min_solidity: float = 0.6  # area / convex hull area, after splitting
+    min_fill: float = 0.35  # share of a filled blob that is vegetation (the rest: lesions, or soil between specks)
+    split_solidity: float = 0.9  # blobs less solid than this are tried for touching leaves
+    split_ratio: float = 0.55  # a leaf's core: distance to the edge >= this x the blob's largest
+    mask_width: int = 0  # resolution of vegetation masks (leafscout detect --masks); 0: the image's own
 
     def __post_init__(self) -> None:
         if self.work_width < 32:
             raise LocalizeError(f"work_width must be >= 32 pixels, got {self.work_width}")
         if not 0 <= self.min_area < self.max_area <= 1:
             raise LocalizeError(f"need 0 <= min_area < max_area <= 1, got {self.min_area}, {self.max_area}")
-        if self.close_px < 1:
-            raise LocalizeError(f"close_px must be >= 1, got {self.close_px}")
+        if self.close_px < 1 or self.open_px < 0 or self.denoise_px < 0:
+            raise LocalizeError(f"need close_px >= 1, open_px >= 0, denoise_px >= 0, got "
+                                f"{self.close_px}, {self.open_px}, {self.denoise_px}")
+        if self.denoise_px and self.denoise_px % 2 == 0:
+            raise LocalizeError(f"denoise_px must be odd (a median filter's size), got {self.denoise_px}")
+        for name in ("min_solidity", "min_fill", "split_solidity", "split_ratio"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise LocalizeError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not -1 < self.min_index < 2:
+            raise LocalizeError(f"min_index must be in (-1, 2), got {self.min_index}")
+        if self.mask_width < 0:
+            raise LocalizeError(f"mask_width must be >= 0 (0: full resolution), got {self.mask_width}")
 
 
 @dataclass
@@ -72,35 +101,18 @@ class Detection:
         """Boolean leaf mask of the box region (drawn on demand, holes filled)."""
         x0, y0, _, _ = self.box
         out = np.zeros((self.height, self.width), np.uint8)
-        pts = np.round(self._contour.astype(np.float32) * self._scale - (x0, y0)).astype(np.int32)
-        cv2.drawContours(out, [pts], -1, 1, thickness=cv2.FILLED)
+        cv2.drawContours(out, [self.contour(offset=(x0, y0))], -1, 1, thickness=cv2.FILLED)
         return out.astype(bool)
+
+    def contour(self, offset: tuple[float, float] = (0, 0)) -> np.ndarray:
+        """The leaf's outline in full-frame pixels (minus ``offset``), int32 for OpenCV drawing."""
+        return np.round(self._contour.astype(np.float32) * self._scale - offset).astype(np.int32)
 
 
 def _check_frame(frame: np.ndarray) -> None:
     if not isinstance(frame, np.ndarray) or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
         desc = f"{getattr(frame, 'dtype', type(frame).__name__)} {getattr(frame, 'shape', '')}"
         raise LocalizeError(f"expected a uint8 HxWx3 BGR frame, got {desc}")
-
-
-def _tissue(small: np.ndarray, cfg: LocalizeConfig) -> np.ndarray:
-    """Green or yellow pixels of a (small) BGR image, as uint8 0/255."""
-    b, g, r = (small[:, :, i].astype(np.int16) for i in range(3))
-    green = (2 * g - r - b) > cfg.exg_min
-    hsv = cv2.cvtColor(small, cv2.COLOR_BGR2HSV)
-    lo = np.array([cfg.yellow_hue[0], cfg.yellow_sat_min, cfg.yellow_val_min], np.uint8)
-    hi = np.array([cfg.yellow_hue[1], 255, 255], np.uint8)
-    yellow = cv2.inRange(hsv, lo, hi) > 0
-    return (green | yellow).astype(np.uint8) * 255
-
-
-def _leaf_contours(small: np.ndarray, cfg: LocalizeConfig) -> list[np.ndarray]:
-    mask = _tissue(small, cfg)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (cfg.close_px, cfg.close_px))
-    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, kernel)
-    # External contours only: drawing them filled is what keeps lesions inside the leaf.
-    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    return list(contours)
 
 
 def _shrink(frame: np.ndarray, width: int) -> np.ndarray:
@@ -113,48 +125,151 @@ def _shrink(frame: np.ndarray, width: int) -> np.ndarray:
     return frame
 
 
+def _ellipse(px: int) -> np.ndarray:
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (px, px))
+
+
+def _split_touching(blob: np.ndarray, ratio: float) -> list[np.ndarray]:
+    """Outlines of the leaves in one filled blob (uint8 0/1, its bounding box plus a 1 px border).
+
+    Cores are the blob's parts deeper than ``ratio`` of its deepest point; with two or
+    more cores, a watershed on the distance map gives each core its own leaf.
+    """
+    dist = cv2.distanceTransform(blob, cv2.DIST_L2, 3)
+    n, cores = cv2.connectedComponents((dist >= ratio * float(dist.max())).astype(np.uint8))
+    if n <= 2:  # background + one core: one leaf
+        return list(cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0])
+    markers = cores.astype(np.int32)
+    markers[blob == 0] = n  # the outside is a basin of its own
+    relief = cv2.cvtColor((255 - cv2.normalize(dist, None, 0, 255, cv2.NORM_MINMAX)).astype(np.uint8),
+                          cv2.COLOR_GRAY2BGR)
+    cv2.watershed(relief, markers)
+    out = []
+    for k in range(1, n):
+        part = (markers == k).astype(np.uint8)
+        out += cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+    return out
+
+
 class LeafLocalizer:
-    """Callable: BGR frame -> list of leaf detections, largest first."""
+    """Callable: BGR frame -> list of leaf detections, largest first. ``segment`` also gives the mask."""
 
     def __init__(self, config: LocalizeConfig | None = None) -> None:
         self.config = config or LocalizeConfig()
+        cfg = self.config
+        self._open = _ellipse(cfg.open_px) if cfg.open_px > 1 else None
+        self._close = _ellipse(cfg.close_px)
+        self.last: Segmentation | None = None  # the latest frame's segmentation (background colour, mask)
 
     def __call__(self, frame: np.ndarray) -> list[Detection]:
+        return self.detect(frame)[0]
+
+    def segment(self, small: np.ndarray) -> Segmentation:
+        """Vegetation of a work-resolution frame."""
+        cfg = self.config
+        if cfg.denoise_px:
+            small = cv2.medianBlur(small, cfg.denoise_px)
+        return segment_vegetation(small, min_index=cfg.min_index, brightness_k=cfg.brightness_k, balance=cfg.balance)
+
+    def detect(self, frame: np.ndarray) -> tuple[list[Detection], Segmentation]:
+        """Detections (largest first) and the frame's segmentation at work resolution."""
         _check_frame(frame)
         cfg = self.config
         h, w = frame.shape[:2]
         small = _shrink(frame, cfg.work_width) if w > cfg.work_width else frame
+        seg = self.segment(small)
+        self.last = seg
+        if seg.empty:
+            return [], seg
         scale = w / small.shape[1]
-        frame_area = float(h * w)
-        dets = []
-        for c in _leaf_contours(small, cfg):
-            area = cv2.contourArea(c) * scale * scale
-            if not cfg.min_area * frame_area <= area <= cfg.max_area * frame_area:
+        lo, hi = cfg.min_area * h * w / scale**2, cfg.max_area * h * w / scale**2  # in work pixels
+        dets = [self._detection(c, scale, small.shape) for c in self._leaves(seg.mask, lo, hi)]
+        dets.sort(key=lambda d: -d.area)
+        return dets, seg
+
+    def _leaves(self, veg: np.ndarray, lo: float, hi: float) -> list[np.ndarray]:
+        cfg = self.config
+        mask = cv2.morphologyEx(veg, cv2.MORPH_OPEN, self._open) if self._open is not None else veg
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._close)
+        leaves = []
+        # External contours only: drawing them filled is what keeps lesions inside the leaf.
+        for c in cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]:
+            area = cv2.contourArea(c)
+            if area < lo:
                 continue
             x, y, bw, bh = cv2.boundingRect(c)
-            box = (
-                int(x * scale), int(y * scale), min(w, int(np.ceil((x + bw) * scale))),
-                min(h, int(np.ceil((y + bh) * scale))),
-            )
-            m = cv2.moments(c)
-            cx, cy = (m["m10"] / m["m00"], m["m01"] / m["m00"]) if m["m00"] else (x + bw / 2, y + bh / 2)
-            border = x <= 0 or y <= 0 or x + bw >= small.shape[1] or y + bh >= small.shape[0]
-            dets.append(Detection(box, area, (cx * scale, cy * scale), border, c, scale))
-        dets.sort(key=lambda d: -d.area)
-        return dets
+            blob = np.zeros((bh + 2, bw + 2), np.uint8)
+            cv2.drawContours(blob, [c], -1, 1, thickness=cv2.FILLED, offset=(1 - x, 1 - y))
+            green = cv2.countNonZero(cv2.bitwise_and(veg[y : y + bh, x : x + bw], veg[y : y + bh, x : x + bw],
+                                                     mask=blob[1:-1, 1:-1]))
+            if green < cfg.min_fill * max(area, 1.0):
+                continue  # mostly not vegetation: specks welded by the closing, or soil
+            parts = [c]
+            if area > 2 * lo and area < cfg.split_solidity * cv2.contourArea(cv2.convexHull(c)):
+                parts = [p + (x - 1, y - 1) for p in _split_touching(blob, cfg.split_ratio)]
+            for p in parts:
+                a = cv2.contourArea(p)
+                if lo <= a <= hi and a >= cfg.min_solidity * cv2.contourArea(cv2.convexHull(p)):
+                    leaves.append(p)
+        return leaves
+
+    @staticmethod
+    def _detection(c: np.ndarray, scale: float, shape: tuple[int, ...]) -> Detection:
+        sh, sw = shape[:2]
+        x, y, bw, bh = cv2.boundingRect(c)
+        box = (int(x * scale), int(y * scale), min(int(round(sw * scale)), int(np.ceil((x + bw) * scale))),
+               min(int(round(sh * scale)), int(np.ceil((y + bh) * scale))))
+        m = cv2.moments(c)
+        cx, cy = (m["m10"] / m["m00"], m["m01"] / m["m00"]) if m["m00"] else (x + bw / 2, y + bh / 2)
+        border = x <= 0 or y <= 0 or x + bw >= sw or y + bh >= sh
+        return Detection(box, cv2.contourArea(c) * scale * scale, (cx * scale, cy * scale), border, c, scale)
 
 
-def largest_leaf_mask(image: np.ndarray, config: LocalizeConfig | None = None) -> np.ndarray:
-    """Boolean mask of the largest leaf in ``image``, at full resolution (to cut a leaf off its backdrop).
+def vegetation_mask(image: np.ndarray, config: LocalizeConfig | None = None) -> np.ndarray:
+    """uint8 mask of ``image``'s vegetation at its own size (255 = vegetation, 0 = other).
 
-    The same colour rule as the localizer, so a coloured photo backdrop (blue, purple,
-    grey) is left out while lesions inside the leaf stay in.
+    Segmented at ``config.mask_width`` (0: full resolution); the index is upsampled
+    before thresholding, so edges stay smooth at any working resolution.
     """
     _check_frame(image)
-    cfg = config or LocalizeConfig(work_width=min(image.shape[1], 256), min_area=0.0)
-    small = _shrink(image, cfg.work_width) if image.shape[1] > cfg.work_width else image
+    cfg = config or LocalizeConfig()
+    h, w = image.shape[:2]
+    width = min(w, cfg.mask_width or w)
+    small = _shrink(image, width) if w > width else image
+    seg = LeafLocalizer(cfg).segment(small)
+    if seg.empty:
+        return np.zeros((h, w), np.uint8)
+    index = seg.index if small.shape[1] == w else cv2.resize(seg.index, (w, h), interpolation=cv2.INTER_LINEAR)
+    return (index > seg.threshold).astype(np.uint8) * 255
+
+
+# -- cutting a leaf off its photo backdrop (training and the simulator's real leaves) ---------------
+# A fixed colour rule, not the field segmentation: PlantVillage backdrops are plain and
+# the leaf fills the photo, so Otsu there would split the leaf itself.
+_PHOTO_EXG_MIN = 24  # 2G - R - B above this is green tissue (uint8 scale)
+_PHOTO_YELLOW = ((20, 100, 120), (40, 255, 255))  # HSV of yellow/chlorotic tissue (soil hue is < 15)
+_PHOTO_CLOSE_PX = 5
+
+
+def _photo_tissue(small: np.ndarray) -> np.ndarray:
+    b, g, r = (small[:, :, i].astype(np.int16) for i in range(3))
+    green = (2 * g - r - b) > _PHOTO_EXG_MIN
+    yellow = cv2.inRange(cv2.cvtColor(small, cv2.COLOR_BGR2HSV), *(np.array(v, np.uint8) for v in _PHOTO_YELLOW)) > 0
+    mask = (green | yellow).astype(np.uint8) * 255
+    return cv2.morphologyEx(mask, cv2.MORPH_CLOSE, _ellipse(_PHOTO_CLOSE_PX))
+
+
+def largest_leaf_mask(image: np.ndarray, work_width: int = 256) -> np.ndarray:
+    """Boolean mask of the largest leaf in a leaf photo, at full resolution (to cut it off its backdrop).
+
+    Green or yellow tissue, so a coloured photo backdrop (blue, purple, grey) is left
+    out while lesions inside the leaf stay in.
+    """
+    _check_frame(image)
+    width = min(image.shape[1], work_width)
+    small = _shrink(image, width) if image.shape[1] > width else image
     out = np.zeros(image.shape[:2], np.uint8)
-    contours = _leaf_contours(small, cfg)
+    contours = cv2.findContours(_photo_tissue(small), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
     if contours:
         best = max(contours, key=cv2.contourArea) * (image.shape[1] / small.shape[1])
         cv2.drawContours(out, [np.round(best).astype(np.int32)], -1, 1, thickness=cv2.FILLED)
@@ -186,8 +301,7 @@ def masked_square_crop(frame: np.ndarray, det: Detection, margin: float = 0.08, 
     """
     sx, sy, side = _square(frame.shape, det.box, margin)
     mask = np.zeros((side, side), np.uint8)
-    pts = np.round(det._contour.astype(np.float32) * det._scale - (sx, sy)).astype(np.int32)
-    cv2.drawContours(mask, [pts], -1, 1, thickness=cv2.FILLED)
+    cv2.drawContours(mask, [det.contour(offset=(sx, sy))], -1, 1, thickness=cv2.FILLED)
     crop = np.full((side, side, 3), fill, np.uint8)
     np.copyto(crop, frame[sy : sy + side, sx : sx + side], where=mask[:, :, None].astype(bool))
     return crop
