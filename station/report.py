@@ -68,6 +68,16 @@ def crop_and_disease(label: str) -> tuple[str | None, str | None]:
 
 
 # -- CSV -----------------------------------------------------------------------------
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(value: str) -> str:
+    """A text cell a spreadsheet will not run: one starting like a formula (``=``, ``+``,
+    ``-``, ``@``, tab, CR) gets a leading ``'`` (OWASP's advice). Numbers are written as
+    numbers and left alone, so negative coordinates stay numeric."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
 def csv_lines(conn: sqlite3.Connection, survey_id: str) -> Iterator[str]:
     """The survey's plant records as CSV text, one line at a time (streams 100k rows)."""
     buf = io.StringIO()
@@ -84,9 +94,9 @@ def csv_lines(conn: sqlite3.Connection, survey_id: str) -> Iterator[str]:
     from station.web.queries import iter_plants
 
     for p in iter_plants(conn, survey_id):
-        writer.writerow((p["record_id"], p["robot_id"], p["survey_id"], p["plant_id"], iso_time(p["t"]), p["t"],
-                         p["label"], p["class_index"], p["confidence"], p["diseased"], p["uncertain"],
-                         p["row"], p["metre"], p["lat"], p["lon"], p["frames"]))
+        writer.writerow((csv_text(p["record_id"]), csv_text(p["robot_id"]), csv_text(p["survey_id"]), p["plant_id"],
+                         iso_time(p["t"]), p["t"], csv_text(p["label"]), p["class_index"], p["confidence"],
+                         p["diseased"], p["uncertain"], p["row"], p["metre"], p["lat"], p["lon"], p["frames"]))
         if buf.tell() > 64 * 1024:
             yield flush()
     yield flush()

@@ -4,7 +4,15 @@ Every page except sign-in needs a session cookie (from the sign-in form) or HTTP
 credentials (user name + password or token). Without them a request gets 401 (browsers
 see the sign-in form); a viewer who tries to write gets 403 before the body is read,
 so nothing is stored. Each principal, and each anonymous client address, has its own
-token bucket: 429 with ``Retry-After`` when it is empty.
+token bucket for pages: 429 with ``Retry-After`` when it is empty (thumbnails and
+static files are outside that budget: a gallery page shows dozens).
+
+Password checks: a secret not verified before is only checked (scrypt) when neither
+the account nor the client address is locked out (:class:`~.ratelimit.LoginGuard`);
+failures are logged with the account and the address. Writes (sign-in, sign-out,
+records) refuse cross-site requests (``Origin``, ``Sec-Fetch-Site``), and records
+must be ``application/json``, so a form on another site or port cannot post with a
+signed-in user's cookie.
 """
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ import base64
 import binascii
 import logging
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
@@ -34,6 +43,10 @@ class NotAuthenticated(Exception):
 
 class Forbidden(Exception):
     """Signed in, but the role does not allow this."""
+
+
+class UnsupportedMediaType(Exception):
+    """A write that is not JSON."""
 
 
 class RateLimited(Exception):
@@ -67,22 +80,79 @@ def _take_token(state: "StationState", key: str) -> None:
         raise RateLimited(wait)
 
 
-def principal(request: Request) -> Principal:
-    """The signed-in user (session cookie or Basic credentials), after their rate limit."""
+def check_secret(request: Request, name: str, secret: str) -> Principal | None:
+    """``name``'s principal if ``secret`` is right; raises RateLimited while the account or
+    the client is locked out (before any scrypt), and counts and logs each failure."""
     state = station_state(request)
-    found = state.sessions.get(request.cookies.get(SESSION_COOKIE))
+    cached = state.users.cached(name, secret)
+    if cached is not None:
+        return cached
+    client = _client(request)
+    account_key, client_key = f"account:{name}", f"client:{client}"
+    wait = max(state.logins.wait(account_key), state.client_logins.wait(client_key))
+    if wait > 0:
+        log.warning("refused sign-in for %r from %s: locked out for another %.0f s", name, client, wait)
+        raise RateLimited(wait)
+    who = state.users.authenticate(name, secret)
+    if who is None:
+        lockout = max(state.logins.failed(account_key), state.client_logins.failed(client_key))
+        log.warning("failed sign-in for %r from %s%s", name, client,
+                    f"; locked out for {lockout:.0f} s" if lockout else "")
+        return None
+    state.logins.succeeded(account_key)
+    return who
+
+
+def _identify(request: Request) -> Principal | None:
+    state = station_state(request)
+    state.users.reload_if_changed()
+    sid = request.cookies.get(SESSION_COOKIE)
+    found = state.sessions.get(sid)
+    if found is not None and (found := state.users.current(found)) is None:
+        state.sessions.drop(sid)  # removed from the users file, or given a new secret
     if found is None and (creds := _basic_credentials(request)) is not None:
-        found = state.users.authenticate(*creds)
-    _take_token(state, f"user:{found.name}" if found else f"addr:{_client(request)}")
+        found = check_secret(request, *creds)
+    return found
+
+
+def principal(request: Request) -> Principal:
+    """The signed-in user (session cookie or Basic credentials), after their page rate limit."""
+    found = _identify(request)
+    _take_token(station_state(request), f"user:{found.name}" if found else f"addr:{_client(request)}")
     if found is None:
         raise NotAuthenticated()
     return found
 
 
-def writer(who: Principal = Depends(principal)) -> Principal:
-    """A principal allowed to store records (robot or admin)."""
+def asset_viewer(request: Request) -> Principal:
+    """The signed-in user, without spending their page budget (thumbnails)."""
+    found = _identify(request)
+    if found is None:
+        _take_token(station_state(request), f"addr:{_client(request)}")
+        raise NotAuthenticated()
+    return found
+
+
+def same_origin(request: Request) -> None:
+    """Refuse a write that a page of another site, or another port of this host, made."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site not in ("same-origin", "none"):
+        raise Forbidden(f"cross-site request refused (Sec-Fetch-Site: {site})")
+    origin = request.headers.get("origin")
+    if origin is not None:
+        parts = urlsplit(origin)
+        host = request.headers.get("host", "")
+        if origin == "null" or parts.scheme != request.url.scheme or parts.netloc.lower() != host.lower():
+            raise Forbidden(f"cross-origin request refused (Origin {origin!r} is not {request.url.scheme}://{host})")
+
+
+def writer(request: Request, who: Principal = Depends(principal)) -> Principal:
+    """A principal allowed to store records (robot or admin), in a same-origin JSON request."""
+    same_origin(request)
     if not who.can_write:
         raise Forbidden(f"user {who.name!r} is a {who.role}; writing needs the robot or admin role")
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise UnsupportedMediaType("records must be sent as application/json")
     return who
 
 
@@ -93,11 +163,11 @@ def signin_form(request: Request, next: str = "/") -> Response:
 
 @router.post("/signin", name="signin_submit")
 def signin_submit(request: Request, name: str = Form(...), secret: str = Form(...), next: str = Form("/")) -> Response:
+    same_origin(request)
     state = station_state(request)
-    _take_token(state, f"addr:{_client(request)}")  # slows down password guessing
-    who = state.users.authenticate(name, secret)
+    _take_token(state, f"addr:{_client(request)}")
+    who = check_secret(request, name, secret)
     if who is None:
-        log.info("failed sign-in for %r from %s", name, _client(request))
         return render(request, "signin.html", 401, error="Unknown user name or wrong password/token.", next=next)
     target = next if next.startswith("/") and not next.startswith("//") else "/"  # no open redirect
     response = RedirectResponse(target, status_code=303)
@@ -108,7 +178,9 @@ def signin_submit(request: Request, name: str = Form(...), secret: str = Form(..
 
 @router.post("/signout", name="signout")
 def signout(request: Request) -> Response:
+    same_origin(request)
     station_state(request).sessions.drop(request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/signin", status_code=303)
-    response.delete_cookie(SESSION_COOKIE)
+    response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict",
+                           secure=station_state(request).secure_cookies)
     return response

@@ -2,7 +2,8 @@
 
 Routes live in :mod:`station.web.access` (sign-in, who may do what) and
 :mod:`station.web.routes` (pages, downloads, the write endpoint); this module wires
-them to one :class:`StationState` and maps the access errors to 401/403/404/413/429.
+them to one :class:`StationState`, maps the access errors to 401/403/404/413/415/429
+and adds the security headers to every response (:class:`SecurityHeaders`).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from . import access, queries, routes
 from .aggregates import SurveyAggregates, SurveySummary
 from .auth import SessionStore, UserStore
 from .pages import render
-from .ratelimit import RateLimiter, retry_after_header
+from .ratelimit import LoginGuard, RateLimiter, retry_after_header
 from .rendering import STATIC_DIR
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class StationState:
     users: UserStore
     sessions: SessionStore
     limiter: RateLimiter
+    logins: LoginGuard  # failed sign-ins per account
+    client_logins: LoginGuard  # failed sign-ins per client address
     readers: _Readers
     aggregates: SurveyAggregates
     secure_cookies: bool
@@ -88,13 +91,17 @@ def create_app(
     burst: int = 120,
     session_ttl_s: float = 12 * 3600,
     secure_cookies: bool = False,
+    login_failures: int = 5,
+    client_login_failures: int = 20,
 ) -> FastAPI:
     """Build the dashboard for a station database.
 
     ``db`` is an open ``StationDB`` (shared with the receivers) or a path to open;
     ``users`` a ``UserStore``, a users-file path, or the file's ``users`` mapping.
     ``rate_per_s``/``burst`` set each principal's token bucket. Set ``secure_cookies``
-    when the station is served over HTTPS.
+    when the station is served over HTTPS. ``login_failures`` wrong secrets for one
+    account within a minute (``client_login_failures`` from one address) lock it out for
+    a minute, then 2, 4, ... up to an hour.
     """
     owns_db = not isinstance(db, StationDB)
     station_db = open_db(db) if owns_db else db
@@ -105,6 +112,7 @@ def create_app(
         conn.execute("PRAGMA busy_timeout = 5000")
         queries.ensure_indexes(conn)
     state = StationState(station_db, owns_db, store, SessionStore(session_ttl_s), RateLimiter(rate_per_s, burst),
+                         LoginGuard(login_failures), LoginGuard(client_login_failures),
                          _Readers(station_db.path), SurveyAggregates(), secure_cookies)
 
     @contextlib.asynccontextmanager
@@ -119,6 +127,7 @@ def create_app(
     app = FastAPI(title="leafscout station", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.station = state
+    app.add_middleware(SecurityHeaders, hsts=secure_cookies)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(access.router)
     app.include_router(routes.router)
@@ -154,6 +163,49 @@ def _add_error_pages(app: FastAPI) -> None:
     async def _not_found(request: Request, exc: Exception) -> Response:
         return detail(404, str(exc))
 
+    @app.exception_handler(access.UnsupportedMediaType)
+    async def _not_json(request: Request, exc: Exception) -> Response:
+        return detail(415, str(exc))
+
     @app.exception_handler(routes.BodyTooLarge)
     async def _too_large(request: Request, exc: Exception) -> Response:
         return detail(413, str(exc))
+
+
+# Everything the pages use is served by the station itself; inline style attributes
+# (SVG colours) are allowed, inline scripts are not.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                           "img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; "
+                           "frame-ancestors 'none'")
+_SECURITY_HEADERS = (
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+)
+
+
+class SecurityHeaders:
+    """ASGI middleware: CSP (unless the route set its own), frame, sniffing and referrer
+    headers on every response; HSTS when served over HTTPS."""
+
+    def __init__(self, app, *, hsts: bool = False):
+        self.app = app
+        self.extra = [*_SECURITY_HEADERS]
+        if hsts:
+            self.extra.append((b"strict-transport-security", b"max-age=31536000"))
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {name.lower() for name, _ in headers}
+                if b"content-security-policy" not in names:
+                    headers.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
+                headers += [h for h in self.extra if h[0] not in names]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)

@@ -8,7 +8,8 @@ users file::
      "users": {"alice": {"role": "viewer", "secret": "scrypt$16384$8$1$<salt>$<hash>"}}}
 
 Roles: ``viewer`` reads pages and exports; ``robot`` may also post records, but only
-its own (the user name is the robot id); ``admin`` may do everything. Robots normally
+its own (the user name is the robot id); ``admin`` may do everything. The station
+re-reads the file when it changes (``leafscout add-user``, ``leafscout users remove``). Robots normally
 write over MQTT with broker credentials; the HTTP write path exists for links without
 a broker, and this file is what keeps viewers from using it.
 """
@@ -24,7 +25,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Principal:
 
     name: str
     role: str
+    stamp: str = field(default="", repr=False, compare=False)  # the secret hash it signed in with
 
     @property
     def can_write(self) -> bool:
@@ -117,11 +119,7 @@ def read_users(path: str | Path) -> dict[str, dict]:
 
 
 def add_user(path: str | Path, name: str, role: str, secret: str | None = None) -> str:
-    """Add or replace a user in the users file and return their secret (generated when None).
-
-    The file is rewritten atomically with mode 0600, so a crash never leaves half a file
-    and other local accounts cannot read the hashes.
-    """
+    """Add or replace a user in the users file and return their secret (generated when None)."""
     if role not in ROLES:
         raise UsersFileError(f"unknown role {role!r}; expected one of {ROLES}")
     if not _NAME.match(name):
@@ -132,14 +130,39 @@ def add_user(path: str | Path, name: str, role: str, secret: str | None = None) 
     users = read_users(path)
     secret = secret if secret is not None else new_token()
     users[name] = {"role": role, "secret": hash_secret(secret)}
+    _write_users(path, users)
+    log.info("users file %s: %s is now a %s", path, name, role)
+    return secret
+
+
+def remove_user(path: str | Path, name: str) -> None:
+    """Remove a user from the users file; a running station drops their sessions at its next request."""
+    path = Path(path)
+    users = read_users(path)
+    if name not in users:
+        raise UsersFileError(f"no user {name!r} in {path}; users: {sorted(users) or 'none'}")
+    del users[name]
+    _write_users(path, users)
+    log.info("users file %s: removed %s", path, name)
+
+
+def _write_users(path: Path, users: dict[str, dict]) -> None:
+    # Rewritten atomically with mode 0600: a crash never leaves half a file, other local
+    # accounts cannot read the hashes, and a running station sees a new inode (reload).
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump({"format": USERS_FORMAT, "users": users}, f, indent=2, sort_keys=True)
         f.write("\n")
     os.replace(tmp, path)
-    log.info("users file %s: %s is now a %s", path, name, role)
-    return secret
+
+
+def _file_signature(path: Path | None) -> tuple | None:
+    try:
+        st = os.stat(path) if path is not None else None
+    except OSError:
+        return None
+    return None if st is None else (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 _DUMMY_HASH = f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(bytes(16))}${_b64(bytes(32))}"
@@ -149,38 +172,85 @@ class UserStore:
     """Checks user names and secrets against the hashed entries.
 
     scrypt is deliberately slow, so a secret that verified once is remembered by its
-    SHA-256 (in memory only) and API clients sending it on every request stay fast.
+    SHA-256 (in memory only) and API clients sending it on every request stay fast; at
+    most one scrypt runs at a time, so password guessing cannot take every core.
+    A store read from a file re-reads it when it changes (``reload_if_changed``): new
+    users can sign in, removed ones lose their sessions, without a restart.
     """
 
-    def __init__(self, users: dict[str, dict]):
+    def __init__(self, users: dict[str, dict], *, path: str | Path | None = None):
         for name, entry in users.items():
             _check_entry(name, entry, Path("<users>"))
         self._users = dict(users)
         self._verified: dict[bytes, Principal] = {}
         self._lock = threading.Lock()
+        self._scrypt = threading.Semaphore(1)
+        self.path = Path(path) if path is not None else None
+        self._signature = _file_signature(self.path)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "UserStore":
-        return cls(read_users(path))
+        # Signature first: a change between the stat and the read is picked up next time.
+        signature = _file_signature(Path(path))
+        store = cls(read_users(path), path=path)
+        store._signature = signature
+        return store
 
     def __len__(self) -> int:
         return len(self._users)
 
+    def reload_if_changed(self) -> bool:
+        """Re-read the users file if it changed since the last look (one ``stat``); True if reloaded.
+
+        A file that no longer parses is logged and the previous users stay in force.
+        """
+        signature = _file_signature(self.path)
+        if self.path is None or signature == self._signature:
+            return False
+        try:
+            users = read_users(self.path)
+        except UsersFileError as e:
+            log.error("keeping the previous users: %s", e)
+            self._signature = signature
+            return False
+        with self._lock:
+            self._users, self._signature = users, signature
+            self._verified.clear()
+        log.info("users file %s reloaded: %d users", self.path, len(users))
+        return True
+
+    def current(self, principal: Principal) -> Principal | None:
+        """``principal`` as the users file says now: None once removed or given a new secret."""
+        entry = self._users.get(principal.name)
+        if entry is None or entry["secret"] != principal.stamp:
+            return None
+        return principal if entry["role"] == principal.role else Principal(principal.name, entry["role"],
+                                                                           principal.stamp)
+
+    def cached(self, name: str, secret: str) -> Principal | None:
+        """The principal if this exact secret verified before (no scrypt), else None."""
+        with self._lock:
+            return self._verified.get(self._cache_key(name, secret))
+
+    @staticmethod
+    def _cache_key(name: str, secret: str) -> bytes:
+        return hashlib.sha256(f"{name}\0{secret}".encode("utf-8")).digest()
+
     def authenticate(self, name: str, secret: str) -> Principal | None:
         """The principal for a correct name and secret, else None (unknown names cost the same)."""
-        key = hashlib.sha256(f"{name}\0{secret}".encode("utf-8")).digest()
-        with self._lock:
-            cached = self._verified.get(key)
+        cached = self.cached(name, secret)
         if cached is not None:
             return cached
         entry = self._users.get(name)
         # Unknown users still pay one scrypt, so timing does not reveal which names exist.
         stored = entry["secret"] if entry else _DUMMY_HASH
-        if not verify_secret(secret, stored) or entry is None:
+        with self._scrypt:
+            ok = verify_secret(secret, stored)
+        if not ok or entry is None:
             return None
-        principal = Principal(name, entry["role"])
+        principal = Principal(name, entry["role"], stored)
         with self._lock:
-            self._verified[key] = principal
+            self._verified[self._cache_key(name, secret)] = principal
         return principal
 
 

@@ -2,6 +2,11 @@
 
 Pages take their statistics from the running aggregates (:mod:`station.web.aggregates`)
 and their lists from index-backed queries, so they stay fast with 100,000 plants.
+
+Survey and record ids travel through the ``anyid`` convertor (:class:`IdConvertor`), so
+an id holding ``/``, ``?``, ``#``, ``%`` or only dots (stored before ids were validated
+at ingestion) still has working pages, links and exports. The field page's route is
+declared last: it would otherwise swallow ``<id>/gallery`` and the exports.
 """
 from __future__ import annotations
 
@@ -17,12 +22,13 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 
 from robot.records import PlantRecord, RecordError, record_from_dict
 from station.report import csv_lines, geojson_chunks, render_report
 
 from . import queries, svg, views
-from .access import Forbidden, principal, station_state, writer
+from .access import Forbidden, asset_viewer, principal, station_state, writer
 from .auth import Principal
 from .pages import render
 
@@ -30,6 +36,25 @@ MAX_WRITE_BODY = 256 * 1024
 MAX_THUMBNAIL = 64 * 1024
 GALLERY_PAGE = 48
 
+
+
+class IdConvertor(Convertor):
+    """Any id as a path segment: percent-encoded, with ``~`` put in front of an id that
+    starts with ``~`` or is only dots (clients resolve ``.`` and ``..`` away, even encoded)."""
+
+    regex = ".+"
+
+    def convert(self, value: str) -> str:
+        return value[1:] if value.startswith("~") else value
+
+    def to_string(self, value: str) -> str:
+        text = str(value)
+        if text.startswith("~") or not text.strip("."):
+            text = "~" + text
+        return quote(text, safe="")
+
+
+register_url_convertor("anyid", IdConvertor())
 router = APIRouter()
 
 
@@ -68,18 +93,7 @@ def index(request: Request, who: Principal = Depends(principal)) -> Response:
                   robots=views.robot_views(state.db.robots()), now=time.time())
 
 
-@router.get("/surveys/{survey_id}", response_class=HTMLResponse, name="field_page")
-def field_page(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
-    state = station_state(request)
-    summary = state.summary(_known_survey(request, survey_id), survey_id)
-    robots = state.db.robots()
-    robots = [r for r in robots if r.survey_id == survey_id] or robots
-    return render(request, "field.html", principal=who, survey_id=survey_id, s=summary,
-                  field_map_svg=svg.survey_map(summary), timeline_svg=svg.incidence_over_time(summary.timeline),
-                  robots=views.robot_views(robots), now=time.time())
-
-
-@router.get("/surveys/{survey_id}/gallery", response_class=HTMLResponse, name="gallery_page")
+@router.get("/surveys/{survey_id:anyid}/gallery", response_class=HTMLResponse, name="gallery_page")
 def gallery_page(request: Request, survey_id: str, page: int = Query(0, ge=0, le=100_000),
                  who: Principal = Depends(principal)) -> Response:
     conn = _known_survey(request, survey_id)
@@ -88,8 +102,8 @@ def gallery_page(request: Request, survey_id: str, page: int = Query(0, ge=0, le
                   page=page, more=len(items) > GALLERY_PAGE)
 
 
-@router.get("/thumbnails/{record_id}", name="thumbnail")
-def thumbnail(request: Request, record_id: str, who: Principal = Depends(principal)) -> Response:
+@router.get("/thumbnails/{record_id:anyid}", name="thumbnail")
+def thumbnail(request: Request, record_id: str, who: Principal = Depends(asset_viewer)) -> Response:
     jpeg = station_state(request).db.thumbnail(record_id)
     if jpeg is None:
         raise NotFound(f"no thumbnail for record {record_id!r}")
@@ -110,14 +124,14 @@ def _streamed(path: Path, chunks, survey_id: str):
         conn.close()
 
 
-@router.get("/surveys/{survey_id}/plants.csv", name="plants_csv")
+@router.get("/surveys/{survey_id:anyid}/plants.csv", name="plants_csv")
 def plants_csv(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
     _known_survey(request, survey_id)
     return StreamingResponse(_streamed(station_state(request).db.path, csv_lines, survey_id),
                              media_type="text/csv; charset=utf-8", headers=_attachment(survey_id, "_plants.csv"))
 
 
-@router.get("/surveys/{survey_id}/observations.geojson", name="observations_geojson")
+@router.get("/surveys/{survey_id:anyid}/observations.geojson", name="observations_geojson")
 def observations_geojson(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
     _known_survey(request, survey_id)
     return StreamingResponse(_streamed(station_state(request).db.path, geojson_chunks, survey_id),
@@ -125,7 +139,7 @@ def observations_geojson(request: Request, survey_id: str, who: Principal = Depe
                              headers=_attachment(survey_id, "_observations.geojson"))
 
 
-@router.get("/surveys/{survey_id}/report.html", name="report_html")
+@router.get("/surveys/{survey_id:anyid}/report.html", name="report_html")
 def report_html(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
     state = station_state(request)
     conn = _known_survey(request, survey_id)
@@ -133,9 +147,20 @@ def report_html(request: Request, survey_id: str, who: Principal = Depends(princ
     return HTMLResponse(html, headers=_attachment(survey_id, "_report.html"))
 
 
-@router.get("/api/surveys/{survey_id}/summary", name="summary_json")
+@router.get("/api/surveys/{survey_id:anyid}/summary", name="summary_json")
 def summary_json(request: Request, survey_id: str, who: Principal = Depends(principal)) -> dict:
     return asdict(station_state(request).summary(_known_survey(request, survey_id), survey_id))
+
+
+@router.get("/surveys/{survey_id:anyid}", response_class=HTMLResponse, name="field_page")
+def field_page(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
+    state = station_state(request)
+    summary = state.summary(_known_survey(request, survey_id), survey_id)
+    robots = state.db.robots()
+    robots = [r for r in robots if r.survey_id == survey_id] or robots
+    return render(request, "field.html", principal=who, survey_id=survey_id, s=summary,
+                  field_map_svg=svg.survey_map(summary), timeline_svg=svg.incidence_over_time(summary.timeline),
+                  robots=views.robot_views(robots), now=time.time())
 
 
 # -- writing (robots and admins only) -----------------------------------------------

@@ -1,13 +1,17 @@
 """Running the dashboard: in a background thread beside the receivers, or in the foreground.
 
 ``WebServer`` binds its socket before starting, so port 0 works (tests) and a taken
-port fails at once with a clear error instead of inside the server thread.
+port fails at once with a clear error instead of inside the server thread. The
+listening socket has ``TCP_NODELAY`` (accepted connections inherit it): without it a
+small response on a kept-alive connection waits ~40 ms for the client's delayed ACK
+(Nagle). With ``tls_cert``/``tls_key`` it serves HTTPS.
 """
 from __future__ import annotations
 
 import logging
 import socket
 import threading
+from pathlib import Path
 
 import uvicorn
 
@@ -44,18 +48,28 @@ def parse_address(text: str) -> tuple[str, int]:
 class WebServer:
     """The dashboard app served by uvicorn in a daemon thread: ``with WebServer(app, host, port) as web``."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 8080, *, startup_timeout_s: float = 20.0):
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 8080, *, startup_timeout_s: float = 20.0,
+                 tls_cert: str | Path | None = None, tls_key: str | Path | None = None):
+        if (tls_cert is None) != (tls_key is None):
+            raise WebServerError("TLS needs both a certificate (--tls-cert) and its private key (--tls-key)")
+        for path in (tls_cert, tls_key):
+            if path is not None and not Path(path).is_file():
+                raise WebServerError(f"no such TLS file: {str(path)!r}")
         self.app, self.startup_timeout_s = app, startup_timeout_s
+        self.tls = tls_cert is not None
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
             self._sock.bind((host, port))
         except OSError as e:
             self._sock.close()
             raise WebServerError(f"cannot listen on {host}:{port}: {e}") from e
         self.host, self.port = self._sock.getsockname()[:2]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+                                ssl_certfile=str(tls_cert) if tls_cert else None,
+                                ssl_keyfile=str(tls_key) if tls_key else None)
         self._server = _Server(config)
         self._thread = threading.Thread(target=self._run, name=f"web:{self.port}", daemon=True)
         self._error: BaseException | None = None
@@ -63,7 +77,7 @@ class WebServer:
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     def _run(self) -> None:
         try:
@@ -97,9 +111,9 @@ class WebServer:
         self.stop()
 
 
-def serve(app, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve in the foreground until interrupted (Ctrl-C)."""
-    with WebServer(app, host, port) as web:
+def serve(app, host: str = "127.0.0.1", port: int = 8080, **tls) -> None:
+    """Serve in the foreground until interrupted (Ctrl-C); ``tls_cert``/``tls_key`` for HTTPS."""
+    with WebServer(app, host, port, **tls) as web:
         print(f"dashboard at {web.url}", flush=True)
         try:
             web._thread.join()

@@ -1,7 +1,8 @@
 """The dashboard as a service of the ``leafscout station`` process (see ``station.cli``).
 
 ``station.cli`` runs ``SERVICES`` beside the receivers and lets ``OPTION_HOOKS`` add
-options; hooking these two functions in adds ``--http HOST:PORT`` and ``--users FILE``::
+options; hooking these two functions in adds ``--http HOST:PORT``, ``--users FILE`` and
+``--tls-cert PEM --tls-key PEM`` (HTTPS, Secure cookies)::
 
     from station.web.station_service import add_options, start_dashboard
     OPTION_HOOKS.append(add_options)
@@ -24,6 +25,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
                              "network); default: no dashboard")
     parser.add_argument("--users", metavar="FILE", default="station_users.json",
                         help="dashboard users file made by `leafscout add-user` (default: station_users.json)")
+    parser.add_argument("--tls-cert", metavar="PEM", help="serve the dashboard over HTTPS with this certificate "
+                                                           "(chain) file; needs --tls-key. Cookies are then Secure")
+    parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     parser.add_argument("--http-rate", type=float, default=20.0, metavar="PER_S",
                         help="requests per second allowed per user or client address (default 20; burst 6x)")
 
@@ -36,7 +40,10 @@ def start_dashboard(station, args: argparse.Namespace):
     from .server import WebServer, parse_address
 
     host, port = parse_address(args.http)
-    app = create_app(station.db, args.users, rate_per_s=args.http_rate, burst=max(1, int(6 * args.http_rate)))
-    web = WebServer(app, host, port).start()
+    tls = getattr(args, "tls_cert", None) is not None or getattr(args, "tls_key", None) is not None
+    app = create_app(station.db, args.users, rate_per_s=args.http_rate, burst=max(1, int(6 * args.http_rate)),
+                     secure_cookies=tls)
+    web = WebServer(app, host, port, tls_cert=getattr(args, "tls_cert", None),
+                    tls_key=getattr(args, "tls_key", None)).start()
     print(f"dashboard at {web.url}", flush=True)
     return web

@@ -1,7 +1,8 @@
-"""``leafscout add-user``: create viewers, admins and robot accounts for the dashboard.
+"""``leafscout add-user`` and ``leafscout users list|remove``: the dashboard's accounts.
 
-``register(subparsers)`` adds the ``add-user`` command to any ``add_subparsers()`` group
-(the ``leafscout`` command lists this module in its command modules).
+``register(subparsers)`` adds both commands to any ``add_subparsers()`` group (the
+``leafscout`` command lists this module in its command modules). A running station
+re-reads the users file when it changes, so none of these needs a restart.
 """
 from __future__ import annotations
 
@@ -27,6 +28,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="read the password from standard input instead of generating a token")
     p.set_defaults(func=_add_user)
 
+    users = subparsers.add_parser("users", help="list or remove dashboard users",
+                                  description="List the users of a station's users file, or remove one. "
+                                              "A running station signs a removed user out at their next request.")
+    actions = users.add_subparsers(dest="action", required=True, metavar="{list,remove}")
+    listing = actions.add_parser("list", help="print each user name and role")
+    listing.add_argument("--users", default=DEFAULT_USERS_FILE, help=f"users file (default: {DEFAULT_USERS_FILE})")
+    listing.set_defaults(func=_list_users)
+    remove = actions.add_parser("remove", help="remove a user (their sessions end too)")
+    remove.add_argument("name", help="user name to remove")
+    remove.add_argument("--users", default=DEFAULT_USERS_FILE, help=f"users file (default: {DEFAULT_USERS_FILE})")
+    remove.set_defaults(func=_remove_user)
+
 
 def _add_user(args: argparse.Namespace) -> int:
     import sys
@@ -42,4 +55,35 @@ def _add_user(args: argparse.Namespace) -> int:
     print(f"{args.name} ({args.role}) saved in {args.users}")
     if password is None:
         print(f"token (shown once, store it now): {secret}")
+    return 0
+
+
+def _list_users(args: argparse.Namespace) -> int:
+    import sys
+
+    from .auth import UsersFileError, read_users
+
+    try:
+        users = read_users(args.users)
+    except UsersFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not users:
+        print(f"{args.users} has no users (add one with `leafscout add-user NAME --users {args.users}`)")
+    for name in sorted(users):
+        print(f"{name}\t{users[name]['role']}")
+    return 0
+
+
+def _remove_user(args: argparse.Namespace) -> int:
+    import sys
+
+    from .auth import UsersFileError, remove_user
+
+    try:
+        remove_user(args.users, args.name)
+    except UsersFileError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.name} removed from {args.users}")
     return 0
