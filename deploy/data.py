@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from training.data import ImageReadError, Sample, default_data_dir, read_image
+from training.data import ImageReadError, Sample, default_data_dir, sample_image
 from training.split import Split, SplitError, load_split
 from vision import PreprocessSpec
 
@@ -118,7 +118,7 @@ def load_images(samples: list[Sample], spec: PreprocessSpec, *, desc: str = "ima
     y = np.empty(len(samples), np.int64)
     for i, s in enumerate(tqdm(samples, desc=f"loading {desc}", unit="img", leave=False, disable=None)):
         try:
-            spec.apply(read_image(s.path), out=x[i])
+            spec.apply(sample_image(s), out=x[i])
         except ImageReadError as e:
             raise DeployDataError(str(e)) from e
         y[i] = s.label

@@ -14,8 +14,9 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-__all__ = ["AUGMENT_PRESETS", "MIN_CUT_FRACTION", "AugmentConfig", "LeafAugment", "augment_config", "cut_leaf_mask", "jpeg_roundtrip", "leaf_mask",
-           "random_background", "randomize_background"]
+__all__ = ["AUGMENT_PRESETS", "MIN_CUT_FRACTION", "AugmentConfig", "LeafAugment", "augment_config", "bank_background",
+           "blur", "cast_shadow", "cut_leaf_mask", "exposure_shift", "jpeg_roundtrip", "leaf_mask", "random_background",
+           "randomize_background", "sensor_noise", "white_balance_shift"]
 
 _KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 # A cut covering less of its image than this failed (backdrop too green, leaf too small):
@@ -78,8 +79,20 @@ def random_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(base + grain, 0, 255).astype(np.uint8)
 
 
+def bank_background(rng: np.random.Generator, bank: np.ndarray | None, h: int, w: int, real_p: float) -> np.ndarray:
+    """A real field patch from ``bank`` ([N, H, W, 3], turned and flipped at random) with
+    probability ``real_p``, else a drawn one (``random_background``)."""
+    if bank is None or not len(bank) or rng.random() >= real_p:
+        return random_background(rng, h, w)
+    patch = np.rot90(bank[int(rng.integers(len(bank)))], int(rng.integers(4)))
+    if rng.random() < 0.5:
+        patch = patch[:, ::-1]
+    return cv2.resize(np.ascontiguousarray(patch), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def randomize_background(rng: np.random.Generator, image: np.ndarray, mask: np.ndarray,
-                         angle: float = 0.0, scale: float = 1.0) -> np.ndarray:
+                         angle: float = 0.0, scale: float = 1.0, bank: np.ndarray | None = None,
+                         real_p: float = 0.0) -> np.ndarray:
     """Keep the leaf (mask), replace everything else, with a soft edge.
 
     ``angle`` (degrees) and ``scale`` turn and zoom the leaf about the centre first:
@@ -91,7 +104,7 @@ def randomize_background(rng: np.random.Generator, image: np.ndarray, mask: np.n
         image = cv2.warpAffine(np.ascontiguousarray(image), m, (w, h), flags=cv2.INTER_LINEAR)
         mask = cv2.warpAffine(np.ascontiguousarray(mask), m, (w, h), flags=cv2.INTER_LINEAR)
     alpha = cv2.GaussianBlur(mask, (3, 3), 0).astype(np.float32)[:, :, None] * (1.0 / 255.0)
-    bg = random_background(rng, h, w).astype(np.float32)
+    bg = bank_background(rng, bank, h, w, real_p).astype(np.float32)
     return (image.astype(np.float32) * alpha + bg * (1.0 - alpha)).astype(np.uint8)
 
 
@@ -118,21 +131,41 @@ class AugmentConfig:
     jpeg_p: float = 0.0
     jpeg_quality: tuple[int, int] = (60, 95)
     jpeg_side: tuple[int, int] = (96, 160)
+    # Field conditions (all off in the lab presets): a pasted leaf lands on a real field patch
+    # (the run's background bank) with probability real_background_p; white-balance gains per
+    # channel, exposure (gamma), a cast shadow, blur, sensor noise and a partial occlusion by
+    # a field patch each happen with their probability.
+    real_background_p: float = 0.0
+    white_balance_p: float = 0.0
+    white_balance: float = 0.25  # per-channel gain in [1 - x, 1 + x]
+    exposure_p: float = 0.0
+    gamma: tuple[float, float] = (0.6, 1.6)
+    shadow_p: float = 0.0
+    blur_p: float = 0.0
+    noise_p: float = 0.0
+    noise_sigma: tuple[float, float] = (3.0, 12.0)
+    occlude_p: float = 0.0
 
 
 # "leaf" suits a model with capacity to spare (leafnet_bn); "light" keeps only the lossless
 # turns and flips plus mild crops and lighting, for LeNet-sized models that underfit "leaf".
+# "field" adds what a camera outdoors sees (real backgrounds, casts, shadows, blur, noise, JPEG,
+# occlusion) for models trained on several sources (training.sources) for the robot.
 AUGMENT_PRESETS: dict[str, AugmentConfig] = {
     "leaf": AugmentConfig(),
     "light": AugmentConfig(crop_scale=(0.85, 1.0), tilt_p=0.0, brightness=0.1, contrast=0.1, saturation=0.1, hue=0.0),
+    "field": AugmentConfig(crop_scale=(0.5, 1.0), pasted_scale=(0.6, 1.1), brightness=0.3, contrast=0.3,
+                           saturation=0.3, real_background_p=0.7, white_balance_p=0.5, exposure_p=0.4,
+                           shadow_p=0.25, blur_p=0.2, noise_p=0.25, occlude_p=0.2, jpeg_p=0.3),
 }
 
 
-def augment_config(preset: str, background_p: float, jpeg_p: float = 0.0) -> AugmentConfig:
-    """The named preset with the run's background-replacement and JPEG probabilities."""
+def augment_config(preset: str, background_p: float, jpeg_p: float | None = None) -> AugmentConfig:
+    """The named preset with the run's background-replacement (and JPEG, unless None) probabilities."""
     if preset not in AUGMENT_PRESETS:
         raise ValueError(f"augmentation preset must be one of {sorted(AUGMENT_PRESETS)}, got {preset!r}")
-    return replace(AUGMENT_PRESETS[preset], background_p=background_p, jpeg_p=jpeg_p)
+    base = AUGMENT_PRESETS[preset]
+    return replace(base, background_p=background_p, jpeg_p=base.jpeg_p if jpeg_p is None else jpeg_p)
 
 
 def jpeg_roundtrip(image: np.ndarray, quality: int, side: int | None = None) -> np.ndarray:
@@ -152,11 +185,53 @@ def jpeg_roundtrip(image: np.ndarray, quality: int, side: int | None = None) -> 
     return cv2.imdecode(buf, cv2.IMREAD_COLOR)
 
 
-class LeafAugment:
-    """``(image, mask, rng) -> augmented image``; the crop is left for the spec to resize."""
+def white_balance_shift(image: np.ndarray, gains: np.ndarray) -> np.ndarray:
+    """Per-channel (B, G, R) gains: a colour cast as a camera's wrong white balance makes."""
+    return cv2.convertScaleAbs(image.astype(np.float32) * gains.astype(np.float32).reshape(1, 1, 3))
 
-    def __init__(self, config: AugmentConfig = AugmentConfig()):
+
+def exposure_shift(image: np.ndarray, gamma: float) -> np.ndarray:
+    lut = np.clip(255.0 * (np.arange(256) / 255.0) ** gamma, 0, 255).astype(np.uint8)
+    return cv2.LUT(image, lut)
+
+
+def cast_shadow(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Darken the image behind a random straight edge (a stem, the robot, a neighbour), softly."""
+    h, w = image.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    a = rng.uniform(0, 2 * np.pi)
+    d = (xx - rng.uniform(0, w)) * np.cos(a) + (yy - rng.uniform(0, h)) * np.sin(a)
+    soft = max(1.0, rng.uniform(0.02, 0.15) * max(h, w))
+    shade = 1.0 - rng.uniform(0.3, 0.7) * np.clip(0.5 + d / soft, 0.0, 1.0)
+    return cv2.convertScaleAbs(image.astype(np.float32) * shade[:, :, None])
+
+
+def blur(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Defocus (Gaussian) or motion blur along a random direction."""
+    k = int(rng.integers(1, 4)) * 2 + 1
+    if rng.random() < 0.5:
+        return cv2.GaussianBlur(image, (k, k), 0)
+    kernel = np.zeros((k, k), np.float32)
+    kernel[k // 2, :] = 1.0 / k
+    m = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), rng.uniform(0, 180), 1.0)
+    kernel = cv2.warpAffine(kernel, m, (k, k))
+    return cv2.filter2D(image, -1, kernel / max(kernel.sum(), 1e-6))
+
+
+def sensor_noise(rng: np.random.Generator, image: np.ndarray, sigma: float) -> np.ndarray:
+    noise = rng.normal(0.0, sigma, image.shape).astype(np.float32)
+    return cv2.convertScaleAbs(image.astype(np.float32) + noise)
+
+
+class LeafAugment:
+    """``(image, mask, rng) -> augmented image``; the crop is left for the spec to resize.
+
+    ``bank`` holds real field patches (uint8 [N, H, W, 3]) for backgrounds and occluders.
+    """
+
+    def __init__(self, config: AugmentConfig = AugmentConfig(), bank: np.ndarray | None = None):
         self.config = config
+        self.bank = bank
 
     def __call__(self, image: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
         c = self.config
@@ -164,7 +239,8 @@ class LeafAugment:
         pasted = mask is not None and rng.random() < c.background_p and mask.mean() >= 255 * MIN_CUT_FRACTION
         if pasted:
             angle = rng.uniform(0.0, 360.0) if c.rotate else 0.0
-            image = randomize_background(rng, image, mask, angle, rng.uniform(*c.pasted_scale))
+            image = randomize_background(rng, image, mask, angle, rng.uniform(*c.pasted_scale), self.bank,
+                                         c.real_background_p)
         if c.rotate:
             image = np.rot90(image, int(rng.integers(4)))
             if not pasted and rng.random() < c.tilt_p:
@@ -176,9 +252,30 @@ class LeafAugment:
             image = image[:, ::-1]
         image = self._crop(image, rng)
         image = self._jitter(np.ascontiguousarray(image), rng)
+        image = self._field(image, rng)
         if c.jpeg_p and rng.random() < c.jpeg_p:
             image = jpeg_roundtrip(image, int(rng.integers(c.jpeg_quality[0], c.jpeg_quality[1] + 1)),
                                    int(rng.integers(c.jpeg_side[0], c.jpeg_side[1] + 1)))
+        return image
+
+    def _field(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        c = self.config
+        if c.occlude_p and self.bank is not None and len(self.bank) and rng.random() < c.occlude_p:
+            h, w = image.shape[:2]
+            oh, ow = int(h * rng.uniform(0.15, 0.4)), int(w * rng.uniform(0.15, 0.4))
+            y0, x0 = int(rng.integers(h - oh + 1)), int(rng.integers(w - ow + 1))
+            image = image.copy()
+            image[y0 : y0 + oh, x0 : x0 + ow] = bank_background(rng, self.bank, oh, ow, 1.0)
+        if c.white_balance_p and rng.random() < c.white_balance_p:
+            image = white_balance_shift(image, rng.uniform(1 - c.white_balance, 1 + c.white_balance, 3))
+        if c.exposure_p and rng.random() < c.exposure_p:
+            image = exposure_shift(image, float(np.exp(rng.uniform(*np.log(c.gamma)))))
+        if c.shadow_p and rng.random() < c.shadow_p:
+            image = cast_shadow(rng, image)
+        if c.blur_p and rng.random() < c.blur_p:
+            image = blur(rng, image)
+        if c.noise_p and rng.random() < c.noise_p:
+            image = sensor_noise(rng, image, rng.uniform(*c.noise_sigma))
         return image
 
     def _crop(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -16,9 +16,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Train with a leaf-grouped split; writes split.json, last.pt, best.pt, metrics.json, "
         "curves.png and confusion.png to --out. Run under torchrun for DistributedDataParallel.",
     )
-    p.add_argument("--data", type=Path, default=None,
-                   help="folder with one sub-folder per class (default: $LEAFSCOUT_DATA, the shared "
-                   "PlantVillage set, else generated synthetic leaves)")
+    p.add_argument("--data", type=Path, action="append", default=None,
+                   help="a source: a folder with one sub-folder per class, or a box folder (images/, labels/ in "
+                        "YOLO format, classes.txt, optional name map and masks/); repeat for several sources "
+                        "in one label space (default: $LEAFSCOUT_DATA, the shared PlantVillage set, else "
+                        "generated synthetic leaves)")
     p.add_argument("--model", default="leafnet_bn", help="registered model name (see `leafscout models`)")
     p.add_argument("--epochs", type=int, default=30, help="number of epochs (default 30)")
     p.add_argument("--out", type=Path, required=True, help="run directory for checkpoints, metrics and plots")
@@ -34,12 +36,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "root of the frequency (sqrt: milder), or none")
     p.add_argument("--background-p", type=float, default=0.2,
                    help="probability of pasting the leaf on a random background (default 0.2)")
-    p.add_argument("--jpeg-p", type=float, default=0.0,
+    p.add_argument("--jpeg-p", type=float, default=None,
                    help="probability of a camera-like JPEG round trip (4:2:0, quality 60-95, leaf 96-160 px): "
-                        "robustness to MJPG/YUV420 cameras (default 0)")
-    p.add_argument("--augment", choices=("leaf", "light"), default="leaf", dest="augment_preset",
-                   help="augmentation preset: leaf (crops 60-100%%, tilts, colour jitter; default) or light "
-                        "(turns, flips, 85-100%% crops, mild lighting: for LeNet-sized models)")
+                        "robustness to MJPG/YUV420 cameras (default: the preset's, 0 for leaf and light)")
+    p.add_argument("--augment", choices=("leaf", "light", "field"), default="leaf", dest="augment_preset",
+                   help="augmentation preset: leaf (crops 60-100%%, tilts, colour jitter; default), light "
+                        "(turns, flips, 85-100%% crops, mild lighting: for LeNet-sized models) or field (leaf "
+                        "plus real field backgrounds, colour casts, exposure, shadows, blur, noise, JPEG, "
+                        "occlusion: for the robot's model)")
+    p.add_argument("--sampling", choices=("uniform", "balanced"), default="uniform",
+                   help="uniform: every training sample once per epoch; balanced: draw with weights "
+                        "1/sqrt(source size x class size), so small sources and classes are seen more")
     p.add_argument("--no-augment", action="store_true", help="train on the plain preprocessed images")
     p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
                    help="training arithmetic: bf16 autocast is ~1.6x faster on CPUs with AMX/AVX512-BF16 "
@@ -82,10 +89,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
+    data = args.data[0] if args.data and len(args.data) == 1 else args.data
     config = TrainConfig(
-        data=args.data, model=args.model, epochs=args.epochs, out=args.out, img_size=args.img_size,
+        data=data, model=args.model, epochs=args.epochs, out=args.out, img_size=args.img_size,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, schedule=args.schedule,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, balance=args.balance,
+        sampling=args.sampling,
         background_p=args.background_p, jpeg_p=args.jpeg_p, augment=not args.no_augment, augment_preset=args.augment_preset,
         precision=args.precision, seed=args.seed, workers=args.workers,
         threads=args.threads, time_budget_s=None if args.time_budget is None else args.time_budget * 60, resume=args.resume,

@@ -30,6 +30,8 @@ __all__ = [
     "default_data_dir",
     "group_from_filename",
     "decode_cached",
+    "sample_image",
+    "BOX_MARGIN",
     "default_cache_dir",
 ]
 
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GROUPS_CSV_NAME = "plantvillage.csv"
+BOX_MARGIN = 0.08  # around a leaf box, as the robot crops a detection (RuntimeConfig.crop_margin)
 
 # Leading bytes of the formats we accept; the extension is ignored on purpose.
 _MAGIC = (
@@ -59,6 +62,8 @@ class Sample:
     path: Path
     label: int
     group: str
+    box: tuple[float, float, float, float] | None = None  # normalised x0 y0 x1 y1 of a leaf box (None: whole image)
+    source: int = 0  # index into Dataset.sources / Split.sources
 
 
 @dataclass
@@ -67,6 +72,7 @@ class Dataset:
     classes: list[str]
     samples: list[Sample]
     bad_files: list[tuple[Path, str]] = field(default_factory=list)
+    sources: list = field(default_factory=list)  # training.sources.SourceInfo; empty: one folder at root
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -117,6 +123,18 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if img is None or img.size == 0:
         return _decode_with_pil(data, path)
     return _to_bgr(img, path)
+
+
+def sample_image(sample: Sample) -> np.ndarray:
+    """The pixels a sample stands for: the whole file, or its box cropped as the robot crops a detection."""
+    from vision.localize import square_crop
+
+    image = read_image(sample.path)
+    if sample.box is None:
+        return image
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = (int(round(v * s)) for v, s in zip(sample.box, (w, h, w, h)))
+    return np.ascontiguousarray(square_crop(image, (x0, y0, max(x0 + 1, x1), max(y0 + 1, y1)), BOX_MARGIN))
 
 
 def _sniff(path: Path) -> str | None:
@@ -221,16 +239,19 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("LEAFSCOUT_CACHE", Path.home() / ".cache" / "leafscout"))
 
 
-def _cache_key(paths: list[Path], transform_key: str) -> str:
+def _cache_key(items: list[Path] | list[Sample], transform_key: str) -> str:
     h = hashlib.sha256(transform_key.encode())
-    for p in paths:
+    for it in items:
+        p, box = (it.path, it.box) if isinstance(it, Sample) else (it, None)
         st = p.stat()
         h.update(f"\x1f{p.resolve()}\x1e{st.st_size}\x1e{st.st_mtime_ns}".encode())
+        if box is not None:
+            h.update(("\x1e%.6f %.6f %.6f %.6f" % tuple(box)).encode())
     return h.hexdigest()[:32]
 
 
 def decode_cached(
-    paths: list[Path],
+    paths: list[Path] | list[Sample],
     transform: Callable[[np.ndarray], np.ndarray],
     transform_key: str,
     *,
@@ -241,8 +262,9 @@ def decode_cached(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Decode every image once, apply ``transform`` (fixed output shape), stack, cache on disk.
 
-    Returns ``(arrays, ok)``; ``ok[i]`` is False for a file that failed to decode
-    (logged with its path). The cache is keyed by the file list, sizes, mtimes and
+    ``paths`` may also be ``Sample`` s: a sample with a box decodes to its crop
+    (``training.sources.sample_image``). Returns ``(arrays, ok)``; ``ok[i]`` is False
+    for a file that failed to decode (logged with its path). The cache is keyed by the file list, sizes, mtimes and
     ``transform_key``, so a changed file or spec never reuses stale pixels.
     """
     cache_dir = default_cache_dir() if cache_dir is None else Path(cache_dir)
@@ -257,9 +279,11 @@ def decode_cached(
         except (OSError, ValueError, KeyError) as e:
             log.warning("ignoring unreadable cache %s: %s", cache, e)
 
-    def work(path: Path) -> np.ndarray | None:
+    def work(item: Path | Sample) -> np.ndarray | None:
         try:
-            return transform(read_image(path))
+            if isinstance(item, Sample):
+                return transform(sample_image(item))
+            return transform(read_image(item))
         except ImageReadError as e:
             log.warning("skipping %s", e)
             return None

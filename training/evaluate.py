@@ -17,7 +17,7 @@ import torch.nn as nn
 from vision import PreprocessSpec
 
 from .checkpoint import checkpoint_preprocess, load_checkpoint
-from .data import Sample, read_image, scan_folder
+from .data import Sample, sample_image, scan_folder
 from .metrics import classification_metrics
 from .split import PARTS, load_split
 
@@ -53,7 +53,7 @@ def _disk_batches(spec: PreprocessSpec, samples: list[Sample], batch_size: int):
     for i in range(0, len(samples), batch_size):
         chunk = samples[i : i + batch_size]
         # A fresh array per batch: a consumer may keep the tensors (no shared buffer).
-        x = spec.apply_batch([read_image(s.path) for s in chunk])
+        x = spec.apply_batch([sample_image(s) for s in chunk])
         yield torch.from_numpy(x), np.array([s.label for s in chunk])
 
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from vision import PreprocessSpec, create_model, get_entry
+from vision.taxonomy import BACKGROUND
 
 from .augment import AUGMENT_PRESETS, LeafAugment, augment_config, cut_leaf_mask
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint
@@ -43,6 +44,7 @@ OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine")
 BALANCING = ("loss", "sqrt", "none")
 PRECISIONS = ("fp32", "bf16", "auto")
+SAMPLING = ("uniform", "balanced")
 CACHE_SCALE = 1.25  # training crops come from images this much larger than the input
 
 
@@ -52,7 +54,7 @@ class TrainError(ValueError):
 
 @dataclass
 class TrainConfig:
-    data: Path | None = None  # None: default_data_dir(), else synthetic leaves
+    data: Path | list[Path] | None = None  # None: default_data_dir(), else synthetic leaves; a list: several sources
     model: str = "leafnet_bn"
     epochs: int = 30
     out: Path = Path("runs/leafnet_bn")
@@ -71,9 +73,12 @@ class TrainConfig:
     init_from: Path | None = None
     augment: bool = True
     background_p: float = 0.2
-    jpeg_p: float = 0.0  # probability of a camera-like JPEG (4:2:0) round trip (training.augment)
+    jpeg_p: float | None = None  # probability of a camera-like JPEG (4:2:0) round trip; None: the preset's
     augment_preset: str = "leaf"  # a key of training.augment.AUGMENT_PRESETS
     balance: str = "loss"
+    # "balanced": each epoch draws samples with weights 1/sqrt(source size * class size in
+    # that source), so a small source or class is seen often without being memorised.
+    sampling: str = "uniform"
     threads: int | None = None  # torch threads per process; None: leave one core for the rest
     model_args: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None
@@ -98,10 +103,12 @@ class TrainConfig:
             raise TrainError(f"augment_preset must be one of {sorted(AUGMENT_PRESETS)}, got {self.augment_preset!r}")
         if not 0.0 <= self.background_p <= 1.0:
             raise TrainError(f"background_p must be within [0, 1], got {self.background_p}")
-        if not 0.0 <= self.jpeg_p <= 1.0:
+        if self.jpeg_p is not None and not 0.0 <= self.jpeg_p <= 1.0:
             raise TrainError(f"jpeg_p must be within [0, 1], got {self.jpeg_p}")
         if self.precision not in PRECISIONS:
             raise TrainError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.sampling not in SAMPLING:
+            raise TrainError(f"sampling must be one of {SAMPLING}, got {self.sampling!r}")
         if self.balance not in BALANCING:
             raise TrainError(f"balance must be one of {BALANCING}, got {self.balance!r}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -119,7 +126,8 @@ class TrainConfig:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d.pop("on_epoch_end")
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in d.items()}
+        as_json = lambda v: str(v) if isinstance(v, Path) else [as_json(x) for x in v] if isinstance(v, list) else v  # noqa: E731
+        return {k: as_json(v) for k, v in d.items()}
 
     @property
     def learning_rate(self) -> float:
@@ -131,8 +139,9 @@ class TrainImages(torch.utils.data.Dataset):
     """Cached uint8 images (+ leaf masks); augmentation is seeded by (seed, epoch, index)."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray | None, labels: np.ndarray,
-                 spec: PreprocessSpec, augment: LeafAugment | None, seed: int):
+                 spec: PreprocessSpec, augment: LeafAugment | None, seed: int, sources: np.ndarray | None = None):
         self.images, self.masks, self.labels = images, masks, labels
+        self.sources = np.zeros(len(labels), np.int64) if sources is None else sources
         self.spec, self.augment, self.seed, self.epoch = spec, augment, seed, 0
 
     def __len__(self) -> int:
@@ -155,16 +164,20 @@ class EpochSampler(torch.utils.data.Sampler):
     which is what makes DDP and single-process runs comparable.
     """
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, weights: np.ndarray | None = None):
         self.n, self.seed, self.rank, self.world = n, seed, rank, world_size
         self.epoch = 0
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g)
+        if self.weights is not None:  # weighted draw with replacement, the same on every rank
+            perm = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        else:
+            perm = torch.randperm(self.n, generator=g)
         perm = perm[: self.n - self.n % self.world]
         return iter(perm[self.rank :: self.world].tolist())
 
@@ -179,7 +192,25 @@ def _quiet_worker(_: int) -> None:
     cv2.setNumThreads(1)
 
 
+def balanced_weights(sources: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-sample draw weights 1/sqrt(n_source * n_class_in_source), summing to 1."""
+    key = sources.astype(np.int64) * (int(labels.max()) + 1) + labels
+    _, inverse, per_key = np.unique(key, return_inverse=True, return_counts=True)
+    _, src_inverse, per_source = np.unique(sources, return_inverse=True, return_counts=True)
+    w = 1.0 / np.sqrt(per_key[inverse].astype(np.float64) * per_source[src_inverse])
+    return w / w.sum()
+
+
 def _resolve_data(config: TrainConfig, info: DistInfo) -> Dataset:
+    from .sources import is_box_folder, scan_sources
+
+    if isinstance(config.data, (list, tuple)):
+        dirs = [Path(d) for d in config.data]
+        if len(dirs) > 1 or (dirs and is_box_folder(dirs[0])):
+            return scan_sources(dirs)
+        config.data = dirs[0] if dirs else None
+    if config.data is not None and is_box_folder(Path(config.data)):
+        return scan_sources([config.data])
     data = config.data if config.data is not None else default_data_dir()
     if data is None:
         from .synthetic import generate_dataset
@@ -194,7 +225,7 @@ def _resolve_data(config: TrainConfig, info: DistInfo) -> Dataset:
 
 def _cached_arrays(samples, transform, key: str, config: TrainConfig, info: DistInfo, desc: str):
     """Rank 0 decodes and writes the cache first; the other ranks then read it."""
-    paths = [s.path for s in samples]
+    paths = list(samples)
     kw = dict(cache_dir=config.cache_dir, desc=desc, progress=config.progress and info.is_main)
     if info.is_main:
         arrays, ok = decode_cached(paths, transform, key, **kw)
@@ -207,9 +238,10 @@ def _cached_arrays(samples, transform, key: str, config: TrainConfig, info: Dist
 def _train_set(split: Split, spec: PreprocessSpec, config: TrainConfig, info: DistInfo) -> TrainImages:
     samples = split.samples("train")
     labels = np.array([s.label for s in samples], np.int64)
+    sources = np.array([s.source for s in samples], np.int64)
     if not config.augment:
         images, ok = _cached_arrays(samples, spec.resize, json.dumps(spec.to_json()), config, info, "train images")
-        return TrainImages(images[ok], None, labels[ok], spec, None, config.seed)
+        return TrainImages(images[ok], None, labels[ok], spec, None, config.seed, sources[ok])
     side = int(round(max(spec.size) * CACHE_SCALE))
     big = PreprocessSpec(size=(side, side), color="BGR", interpolation=spec.interpolation)
 
@@ -218,13 +250,33 @@ def _train_set(split: Split, spec: PreprocessSpec, config: TrainConfig, info: Di
         mask = cv2.resize(cut_leaf_mask(image), big.size[::-1], interpolation=cv2.INTER_AREA)
         return np.dstack([big.resize(image), mask])
 
-    key = "bgr+cutmask:" + json.dumps(big.to_json())
-    arrays, ok = _cached_arrays(samples, with_mask, key, config, info, "train images")
+    def no_mask(image: np.ndarray) -> np.ndarray:
+        return np.dstack([big.resize(image), np.zeros(big.size, np.uint8)])
+
+    # Lab photos (a whole image per leaf) are cut out to be pasted on new backgrounds; boxes
+    # cut from field photos already have real surroundings and are never pasted.
+    boxed = np.array([s.box is not None for s in samples], bool)
+    arrays = np.zeros((len(samples), side, side, 4), np.uint8)
+    ok = np.zeros(len(samples), bool)
+    for want, fn, key in ((False, with_mask, "bgr+cutmask:"), (True, no_mask, "bgr+nomask:")):
+        idx = np.flatnonzero(boxed == want)
+        if len(idx):
+            arrays[idx], ok[idx] = _cached_arrays([samples[i] for i in idx], fn, key + json.dumps(big.to_json()),
+                                                  config, info, "train images")
     arrays = arrays[ok]
-    aug = LeafAugment(augment_config(config.augment_preset, config.background_p, config.jpeg_p))
-    return TrainImages(
-        np.ascontiguousarray(arrays[..., :3]), np.ascontiguousarray(arrays[..., 3]), labels[ok], spec, aug, config.seed
-    )
+    bank = _background_bank(arrays[..., :3], labels[ok], split.classes)
+    aug = LeafAugment(augment_config(config.augment_preset, config.background_p, config.jpeg_p), bank)
+    return TrainImages(np.ascontiguousarray(arrays[..., :3]), np.ascontiguousarray(arrays[..., 3]), labels[ok],
+                       spec, aug, config.seed, sources[ok])
+
+
+def _background_bank(images: np.ndarray, labels: np.ndarray, classes: list[str]) -> np.ndarray | None:
+    """The training part's real background patches (soil, weeds, surroundings), for pasting and occluding."""
+    if BACKGROUND not in classes:
+        return None
+    bank = images[labels == classes.index(BACKGROUND)]
+    log.info("background bank: %d real field patches from the training part", len(bank))
+    return bank if len(bank) else None
 
 
 def _eval_set(samples, spec: PreprocessSpec, config: TrainConfig, info: DistInfo) -> TrainImages:
@@ -433,7 +485,11 @@ def _init_split(config: TrainConfig) -> Split:
 def _checkpoint_and_split(path: Path, split_path: Path, config: TrainConfig, flag: str) -> tuple[Split, dict[str, Any]]:
     """A checkpoint and the split it was trained on, checked against each other and the run's model."""
     ckpt = read_checkpoint(path)
-    split = load_split(split_path, root=config.data)
+    data = config.data
+    if isinstance(data, (list, tuple)) and len(data) > 1:  # several sources: match them by folder name
+        split = load_split(split_path, roots={Path(d).name: Path(d) for d in data})
+    else:
+        split = load_split(split_path, root=data[0] if isinstance(data, (list, tuple)) and data else data or None)
     if ckpt.get("split_manifest_sha256") not in (None, split.sha256):
         raise CheckpointError(f"{split_path} is not the split {path} was trained on (sha256 differs)")
     if ckpt["model"]["name"] != config.model:
@@ -452,7 +508,8 @@ def _init_weights(model: nn.Module, config: TrainConfig, classes: list[str]) -> 
 
 def _loaders(train_set: TrainImages, val_set: TrainImages, config: TrainConfig, info: DistInfo):
     """Training loader (this rank's share of each global batch) and the validation loader."""
-    sampler = EpochSampler(len(train_set), config.seed, info.rank, info.world_size)
+    weights = balanced_weights(train_set.sources, train_set.labels) if config.sampling == "balanced" else None
+    sampler = EpochSampler(len(train_set), config.seed, info.rank, info.world_size, weights)
     loader = DataLoader(train_set, batch_size=config.batch_size // info.world_size, sampler=sampler,
                         drop_last=True, num_workers=config.workers, pin_memory=info.device.type == "cuda",
                         worker_init_fn=_quiet_worker)

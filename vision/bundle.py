@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .preprocess import PreprocessError, PreprocessSpec
+from .taxonomy import BACKGROUND, Taxonomy, TaxonomyError
 
 __all__ = [
     "FORMAT",
@@ -259,6 +260,15 @@ class Bundle:
             raise BundleFormatError(f"{path}: calibration abstain_below must be in [0, 1] or null, got {below!r}")
         self.temperature = 1.0 if temperature is None else float(temperature)
         self.abstain_below: float | None = None if below is None else float(below)
+        self.taxonomy, self.background_class = self._read_taxonomy(path, manifest)
+        self.background_index: int | None = self.taxonomy.background_index
+        ood, decide_on = calibration.get("ood_below"), calibration.get("decide_on", "class")
+        if ood is not None and not (isinstance(ood, (int, float)) and 0.0 <= ood <= 1.0):
+            raise BundleFormatError(f"{path}: calibration ood_below must be in [0, 1] or null, got {ood!r}")
+        if decide_on not in ("class", "health"):
+            raise BundleFormatError(f"{path}: calibration decide_on must be 'class' or 'health', got {decide_on!r}")
+        self.ood_below: float | None = None if ood is None else float(ood)
+        self.decides_health = decide_on == "health"
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise BundleShapeError(f"{model_file} must have one input and one output, has {len(inputs)} and {len(outputs)}")
@@ -266,6 +276,27 @@ class Bundle:
         self.output_name: str = outputs[0].name
         self.input_shape = (3, *self.spec.size)
         self._check_model(inputs[0], outputs[0])
+
+    @staticmethod
+    def _read_taxonomy(path: Path, manifest: dict[str, Any]) -> tuple[Taxonomy, str | None]:
+        classes = list(manifest["classes"])
+        if "taxonomy" not in manifest:
+            log.info("%s: bundle has no taxonomy (made before leafscout 0.2): health read from class names, "
+                     "no background class", path)
+            taxonomy = Taxonomy.from_names(c for c in classes)
+            if taxonomy.background_index is not None:  # an old bundle never meant "background" as "not a plant"
+                raise BundleFormatError(f"{path}: a class is named {BACKGROUND!r} but the manifest has no taxonomy")
+            return taxonomy, None
+        try:
+            taxonomy = Taxonomy.from_json(classes, manifest["taxonomy"])
+        except TaxonomyError as e:
+            raise BundleFormatError(f"{path}: bad 'taxonomy': {e}") from e
+        background = manifest.get("background_class")
+        named = None if taxonomy.background_index is None else classes[taxonomy.background_index]
+        if background != named:
+            raise BundleFormatError(f"{path}: background_class is {background!r} but the taxonomy's background "
+                                    f"class is {named!r}")
+        return taxonomy, background
 
     @property
     def is_int8(self) -> bool:

@@ -1,9 +1,16 @@
 """Leaf crops to decisions: the bundle's model, calibrated probabilities, and an honest "uncertain".
 
 All crops of a frame go through the bundle's ``PreprocessSpec`` into one reused
-buffer and one onnxruntime call. A prediction whose calibrated confidence is below
-the bundle's ``abstain_below`` is *uncertain* (index -1), counted apart instead of
-forced into a class. ``vote`` merges a plant's views into one decision.
+buffer and one onnxruntime call. ``vote`` merges a plant's views into one decision.
+
+What is decided depends on the bundle. A field bundle (``calibration.decide_on ==
+"health"``, with a ``background`` class) answers *healthy, diseased or not a plant*
+from the class probabilities summed per health group (``vision.taxonomy``): the
+largest group wins; it is *uncertain* when that group's calibrated probability is
+below ``abstain_below`` or when the best class probability is below ``ood_below``
+(an out-of-distribution input: nothing the model knows). The class is the best one
+within the winning group. An older bundle decides on the class: below
+``abstain_below`` the prediction is uncertain, and health follows the class.
 """
 from __future__ import annotations
 
@@ -14,8 +21,9 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from .preprocess import PreprocessSpec
+from .taxonomy import BACKGROUND, DISEASED, HEALTHY, UNCERTAIN, Taxonomy
 
-__all__ = ["UNCERTAIN_INDEX", "Prediction", "LeafClassifier", "ClassifierError", "BundleLike"]
+__all__ = ["UNCERTAIN_INDEX", "Prediction", "LeafClassifier", "ClassifierError", "BundleLike", "decide_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +49,50 @@ class Prediction:
     index: int  # class index, or UNCERTAIN_INDEX
     confidence: float  # calibrated probability of the best class
     best: int  # best class index even when uncertain (for diagnostics)
+    health: str = UNCERTAIN  # healthy | diseased | uncertain | background
+    health_confidence: float = 0.0  # calibrated probability of the decided health group
 
     @property
     def uncertain(self) -> bool:
         return self.index == UNCERTAIN_INDEX
+
+    @property
+    def is_plant(self) -> bool:
+        """A decided plant (healthy or diseased): what a survey counts."""
+        return self.health in (HEALTHY, DISEASED)
+
+
+def decide_batch(probs: np.ndarray, taxonomy: Taxonomy, *, abstain_below: float, ood_below: float = 0.0,
+                 on_health: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Decisions for [N, C] calibrated probabilities: (class index or -1, class prob, health, health prob).
+
+    One vectorised rule for the robot, ``leafscout eval`` and calibration alike (see the
+    module docstring); ``health`` is an array of strings.
+    """
+    probs = np.asarray(probs, np.float32)
+    if probs.ndim != 2 or probs.shape[1] != len(taxonomy):
+        raise ClassifierError(f"expected [N, {len(taxonomy)}] probabilities, got shape {probs.shape}")
+    n = len(probs)
+    rows = np.arange(n)
+    best = probs.argmax(axis=1)
+    best_p = probs[rows, best]
+    if not on_health:
+        index = np.where(best_p < abstain_below, UNCERTAIN_INDEX, best)
+        health = np.array([taxonomy.health_of(i) for i in range(len(taxonomy))], dtype=object)[best]
+        health[index == UNCERTAIN_INDEX] = UNCERTAIN
+        return index, best_p, health, best_p
+    groups = taxonomy.group_probs(probs)  # (background, healthy, diseased)
+    g = groups.argmax(axis=1)
+    g_p = groups[rows, g]
+    health = np.array(Taxonomy.group_names(), dtype=object)[g]
+    masks = np.stack([taxonomy.mask(h) for h in Taxonomy.group_names()])  # [3, C]
+    index = np.where(masks[g], probs, -1.0).argmax(axis=1)  # best class inside the winning group
+    conf = probs[rows, index]
+    plant = health != BACKGROUND
+    unsure = plant & ((g_p < abstain_below) | (best_p < ood_below))
+    health[unsure] = UNCERTAIN
+    index = np.where(unsure, UNCERTAIN_INDEX, index)
+    return index, conf, health, g_p
 
 
 class LeafClassifier:
@@ -58,6 +106,10 @@ class LeafClassifier:
         self.classes = list(bundle.classes)
         self.spec = bundle.spec
         self.abstain_below = float(threshold or 0.0)
+        self.taxonomy: Taxonomy = getattr(bundle, "taxonomy", None) or Taxonomy.from_names(self.classes)
+        self.ood_below = float(getattr(bundle, "ood_below", None) or 0.0)
+        self.on_health = bool(getattr(bundle, "decides_health", False))
+        self.background_index: int | None = self.taxonomy.background_index
         self._buffer = np.empty((max_batch, 3, *self.spec.size), np.float32)
         self.calls = 0
         self.crops = 0
@@ -74,10 +126,17 @@ class LeafClassifier:
         return self.bundle.probs(batch)
 
     def decide(self, probs: np.ndarray) -> Prediction:
-        """One probability vector -> class or uncertain."""
+        """One probability vector -> class (or uncertain) and health."""
+        probs = np.asarray(probs)
+        index, conf, health, health_p = decide_batch(probs[None], self.taxonomy, abstain_below=self.abstain_below,
+                                                     ood_below=self.ood_below, on_health=self.on_health)
         best = int(np.argmax(probs))
-        conf = float(probs[best])
-        return Prediction(UNCERTAIN_INDEX if conf < self.abstain_below else best, conf, best)
+        return Prediction(int(index[0]), float(conf[0]) if index[0] >= 0 else float(probs[best]), best,
+                          str(health[0]), float(health_p[0]))
+
+    def health(self, pred: Prediction) -> str:
+        """``healthy``, ``diseased``, ``uncertain`` or ``background`` (not a plant) for a decision."""
+        return pred.health
 
     def classify(self, crops: Sequence[np.ndarray]) -> list[Prediction]:
         return [self.decide(p) for p in self.probs(crops)]
