@@ -4,14 +4,16 @@ Topics, per robot (the broker's ACL lets robot ``r1`` write only ``leafscout/r1/
 
 * ``leafscout/<robot>/plant|row|heartbeat``: one record per message (robot -> station)
 * ``leafscout/<robot>/status``: ``online`` / ``offline`` (retained; ``offline`` is the last will)
-* ``leafscout/<robot>/ack``: ``{"ids": [seq, ...]}`` (station -> robot) once the station
-  has *committed* those records.
+* ``leafscout/<robot>/ack``: ``{"outbox": "<outbox id>", "ids": [seq, ...], "rejected": [seq, ...]}``
+  (station -> robot) once the station has *committed* those records (``ids``) or refused
+  them for good (``rejected``: invalid, never to be sent again).  An ack for another
+  outbox id (an outbox file that was replaced) is ignored.
 
 A record leaves the outbox only on the station's ack, not on the broker's PUBACK: a
 broker killed with ``kill -9`` loses what it had queued, the robot still has it and
 sends it again; the station drops the duplicates by record id.
 
-Message body: UTF-8 JSON ``{"id": "<robot>:<seq>", "record": {...}, "thumbnail": <base64 JPEG>}``
+Message body: UTF-8 JSON ``{"id": "<robot>:<outbox id>:<seq>", "record": {...}, "thumbnail": <base64 JPEG>}``
 (thumbnail optional).  With an HMAC key the payload is ``body + b"\\n" + hex tag`` where
 tag = HMAC-SHA256(key, topic + "\\n" + body).
 """
@@ -67,17 +69,30 @@ def parse_mqtt_url(url: str) -> BrokerSettings:
     """``mqtt://user:pass@host:1883`` or ``mqtts://user:pass@host:8883?ca=/path/ca.pem``."""
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts"):
-        raise MqttLinkError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+        raise MqttLinkError(f"broker URL {redact_url(url)!r}: scheme must be mqtt:// or mqtts://")
     if not parts.hostname:
-        raise MqttLinkError(f"broker URL {url!r} has no host")
+        raise MqttLinkError(f"broker URL {redact_url(url)!r} has no host")
     tls = parts.scheme == "mqtts"
     try:
         port = parts.port or (8883 if tls else 1883)
     except ValueError as e:
-        raise MqttLinkError(f"broker URL {url!r}: {e}") from e
+        raise MqttLinkError(f"broker URL {redact_url(url)!r}: {e}") from e
     ca = parse_qs(parts.query).get("ca", [None])[0]
     return BrokerSettings(parts.hostname, port, unquote(parts.username) if parts.username else None,
                           unquote(parts.password) if parts.password else None, tls, ca)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (for logs, errors and printed commands)."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        return parts._replace(netloc=f"{user}:***@{netloc}").geturl()
+    except ValueError:
+        return "<unparseable URL>"
 
 
 def make_client(settings: BrokerSettings, client_id: str) -> mqtt.Client:
@@ -126,6 +141,27 @@ def unseal(topic_: str, payload: bytes, key: bytes | None, max_bytes: int = MAX_
     return obj
 
 
+def _int_list(body: dict, name: str) -> list[int]:
+    v = body.get(name, [])
+    if not isinstance(v, list) or not all(type(i) is int and 0 < i < 2 ** 63 for i in v):
+        raise MessageError("malformed", f"ack: {name!r} must be a list of sequence numbers")
+    return v
+
+
+def parse_ack(body: dict, outbox_id: str) -> tuple[list[int], list[int]]:
+    """(stored seqs, rejected seqs) of an ack addressed to outbox ``outbox_id``."""
+    if body.get("outbox") != outbox_id:
+        raise MessageError("malformed", f"ack for outbox {str(body.get('outbox'))[:40]!r}, not ours ({outbox_id})")
+    return _int_list(body, "ids"), _int_list(body, "rejected")
+
+
+def ack_message(outbox_id: str, ids: list[int], rejected: list[int] = ()) -> dict:
+    body: dict = {"outbox": outbox_id, "ids": list(ids)}
+    if rejected:
+        body["rejected"] = list(rejected)
+    return body
+
+
 def record_message(item: OutboxItem) -> dict:
     body = {"id": item.record_id, "record": item.record.to_dict()}
     if item.thumbnail is not None and len(item.thumbnail) <= MAX_THUMBNAIL_BYTES:
@@ -143,6 +179,7 @@ class MqttStats:
     records_acked: int = 0
     connects: int = 0
     bad_acks: int = 0
+    records_rejected: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -205,15 +242,12 @@ class MqttLink(LinkWorker):
 
     def _on_message(self, client, userdata, msg) -> None:
         try:
-            body = unseal(msg.topic, msg.payload, self.key)
-            ids = body.get("ids")
-            if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
-                raise MessageError("malformed", "ack needs a list of integer ids")
+            ids, rejected = parse_ack(unseal(msg.topic, msg.payload, self.key), self.outbox.outbox_id)
         except MessageError as e:
             self.stats.bad_acks += 1
             log.warning("ignoring bad ack on %s: %s", msg.topic, e)
             return
-        self._post("ack", ids)
+        self._post("ack", (ids, rejected))
 
     # -- sender thread -------------------------------------------------------------
     def _run(self) -> None:
@@ -227,9 +261,11 @@ class MqttLink(LinkWorker):
 
     def _step(self) -> None:
         acked: list[int] = []
+        rejected: list[int] = []
         for kind, value in self._take_events():
             if kind == "ack":
-                acked += value
+                acked += value[0]
+                rejected += value[1]
             else:
                 self._inflight.clear()  # (re)connected or lost: send everything pending again, in order
         if acked:
@@ -237,6 +273,14 @@ class MqttLink(LinkWorker):
             for seq in acked:
                 self._inflight.pop(seq, None)
             self.stats.records_acked += self.outbox.remove(acked)
+        if rejected:
+            self._last_ack = time.monotonic()
+            for seq in rejected:
+                self._inflight.pop(seq, None)
+            n = self.outbox.remove(rejected)
+            self.outbox.count_rejected(n)
+            self.stats.records_rejected += n
+            log.error("the station rejected %d record(s) as invalid (removed): seqs %s", n, rejected[:10])
         if not self.connected.is_set():
             return
         now = time.monotonic()

@@ -1,11 +1,22 @@
 """The robot's durable outbox: every record waits here until a link confirms delivery.
 
 SQLite, WAL, ``synchronous=FULL``: once ``put_many`` returns, the records survive a
-SIGKILL or a power cut ("accepted").  Each record gets a sequence number that is never
-reused (the counter lives in the same transaction), so ``"<robot_id>:<seq>"`` is a
-record id that stays the same across retransmissions and lets the station drop
-duplicates.  The links read pending items in order and ``remove`` them only when the
-station confirmed it stored them.
+SIGKILL or a power cut ("accepted").  Each outbox file draws a random 128-bit id
+(``outbox_id``, 32 hex digits) when it is created, and each record gets a sequence
+number that is never reused in that file (the counter lives in the same transaction),
+so ``"<robot_id>:<outbox_id>:<seq>"`` is a record id that stays the same across
+retransmissions and never collides with one from another outbox file (a deleted file,
+a swapped SD card, another working directory): the station drops duplicates by it.
+The links read pending items in order and ``remove`` them only when the station
+confirmed it stored them (or rejected them for good: counted in ``rejected``).
+
+The file lives in a fixed per-robot state directory (``state_dir``): ``--state-dir``,
+else ``$LEAFSCOUT_STATE_DIR/<robot>``, else ``$XDG_STATE_HOME/leafscout/<robot>``
+(``~/.local/state/leafscout/<robot>``), never the working directory.
+
+``put_many`` also remembers the latest plants counted per survey (``counted``), so a
+robot killed between queueing a plant and writing its survey database gets that plant
+back into the survey database on restart (``Runtime``): the outbox is the source of truth.
 
 The size is bounded (``max_records``).  When full, the oldest heartbeat goes first,
 then the oldest plant record; row summaries are the last to go.  A newer row summary
@@ -16,6 +27,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import secrets
 import sqlite3
 import threading
 import time
@@ -42,7 +55,13 @@ CREATE INDEX IF NOT EXISTS outbox_kind ON outbox(kind, seq);
 CREATE INDEX IF NOT EXISTS outbox_row_key ON outbox(row_key) WHERE row_key IS NOT NULL;
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 INSERT OR IGNORE INTO counters VALUES ('next_seq', 1);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS counted (
+    survey_id TEXT NOT NULL, plant_id INTEGER NOT NULL, seq INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (survey_id, plant_id)
+);
 """
+COUNTED_KEEP = 1024  # plants remembered per survey for recovery (far more than one frame counts)
 
 
 class OutboxError(RuntimeError):
@@ -56,6 +75,7 @@ class OutboxItem:
     seq: int
     record: Record
     thumbnail: bytes | None = None
+    outbox_id: str = ""
 
     @property
     def kind(self) -> str:
@@ -63,7 +83,7 @@ class OutboxItem:
 
     @property
     def record_id(self) -> str:
-        return record_id(self.record.robot_id, self.seq)
+        return record_id(self.record.robot_id, self.outbox_id, self.seq)
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,7 @@ class OutboxStats:
     queued: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, int] = field(default_factory=dict)
     superseded: int = 0
+    rejected: int = 0  # records the station refused for good (invalid); removed, never resent
     next_seq: int = 1
 
     @property
@@ -87,9 +108,27 @@ def validate(record: Record) -> dict:
     return d
 
 
-def record_id(robot_id: str, seq: int) -> str:
-    """The id the station deduplicates on: stable across links and retransmissions."""
-    return f"{robot_id}:{seq}"
+def record_id(robot_id: str, outbox_id: str, seq: int) -> str:
+    """The id the station deduplicates on: stable across links and retransmissions, unique
+    across outbox files (``outbox_id`` is random, 128 bits)."""
+    return f"{robot_id}:{outbox_id}:{seq}"
+
+
+def default_state_dir(robot_id: str) -> Path:
+    """Where a robot keeps its outbox: ``$LEAFSCOUT_STATE_DIR/<robot>``, else
+    ``$XDG_STATE_HOME/leafscout/<robot>`` (default ``~/.local/state/leafscout/<robot>``)."""
+    root = os.environ.get("LEAFSCOUT_STATE_DIR")
+    if root:
+        return Path(root) / robot_id
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "leafscout" / robot_id
+
+
+def outbox_path(robot_id: str, state_dir: str | Path | None = None) -> Path:
+    """The outbox file of ``robot_id`` in its state directory (created if missing)."""
+    d = Path(state_dir) if state_dir is not None else default_state_dir(robot_id)
+    d.mkdir(parents=True, exist_ok=True)
+    return d / "outbox.db"
 
 
 class Outbox:
@@ -105,6 +144,8 @@ class Outbox:
         self._read_lock = threading.Lock()
         try:
             self._conn = connect_wal(self.path, _SCHEMA)
+            self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('outbox_id', ?)", (secrets.token_hex(16),))
+            self.outbox_id: str = self._conn.execute("SELECT value FROM meta WHERE name='outbox_id'").fetchone()[0]
             self._reader = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             self._reader.execute("PRAGMA busy_timeout=5000")
         except sqlite3.DatabaseError as e:
@@ -151,6 +192,8 @@ class Outbox:
                         "INSERT INTO outbox VALUES (?,?,?,?,?,?)",
                         (seq, record.kind, body, thumbnail, row_key, now),
                     )
+                    if isinstance(record, PlantRecord):
+                        _remember_counted(c, record, seq, body)
                     seqs.append(seq)
                     seq += 1
                 c.execute("UPDATE counters SET value=? WHERE name='next_seq'", (seq,))
@@ -184,6 +227,23 @@ class Outbox:
             c.execute("UPDATE counters SET value=? WHERE name='next_seq'", (seq + 1,))
             c.execute("COMMIT")
         return seq
+
+    def counted_since(self, survey_id: str, plant_id: int) -> list[tuple[int, PlantRecord]]:
+        """Plants of ``survey_id`` with id >= ``plant_id`` queued here (delivered or not), as
+        (seq, record): what a survey database killed mid-count may lack."""
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT seq, body FROM counted WHERE survey_id=? AND plant_id>=? ORDER BY plant_id",
+                (survey_id, plant_id)).fetchall()
+        return [(seq, record_from_dict(json.loads(body))) for seq, body in rows]
+
+    def count_rejected(self, n: int) -> None:
+        """Records the station refused for good (they were removed with ``remove``)."""
+        if n:
+            with self._lock:
+                self._conn.execute("BEGIN IMMEDIATE")
+                _bump(self._conn, "rejected", n)
+                self._conn.execute("COMMIT")
 
     def remove(self, seqs: Iterable[int]) -> int:
         """Delete delivered records; returns how many were still pending.
@@ -230,7 +290,7 @@ class Outbox:
             if seq in exclude:
                 continue
             try:
-                items.append(OutboxItem(seq, record_from_dict(json.loads(body)), thumb))
+                items.append(OutboxItem(seq, record_from_dict(json.loads(body)), thumb, self.outbox_id))
             except (ValueError, TypeError) as e:  # written by an older, laxer version: never deliverable
                 log.error("outbox record %d is unreadable (%s); dropping it", seq, e)
                 bad.append(seq)
@@ -267,6 +327,7 @@ class Outbox:
             queued={k: queued.get(k, 0) for k in KINDS},
             dropped={k: counters.get(f"dropped_{k}", 0) for k in (*KINDS, "unreadable")},
             superseded=counters.get("superseded", 0),
+            rejected=counters.get("rejected", 0),
             next_seq=counters["next_seq"],
         )
 
@@ -283,6 +344,12 @@ def connect_wal(path: str | Path, schema: str) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout=5000")
     conn.executescript(schema)
     return conn
+
+
+def _remember_counted(c: sqlite3.Connection, record: PlantRecord, seq: int, body: str) -> None:
+    c.execute("INSERT OR REPLACE INTO counted VALUES (?,?,?,?)", (record.survey_id, record.plant_id, seq, body))
+    c.execute("DELETE FROM counted WHERE survey_id=? AND plant_id<=?",
+              (record.survey_id, record.plant_id - COUNTED_KEEP))
 
 
 def _bump(c: sqlite3.Connection, name: str, n: int) -> None:

@@ -19,14 +19,15 @@ import math
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Iterator
+from typing import Callable, Iterator, Union
 
 import crcmod.predefined
 from cobs import cobs
 
-from robot.records import UNCERTAIN, Heartbeat, PlantRecord, RecordError, RowSummary
+from robot.records import UNCERTAIN, Heartbeat, PlantRecord, RecordError, RowSummary, checked
 
-VERSION = 1
+VERSION = 2  # 2: HELLO carries the outbox id; NAK reason 3 (rejected)
+BOOT_LEN = 16  # the robot's outbox id (128 random bits) in HELLO
 FLAG_HMAC = 0x01
 HEADER = struct.Struct("<BBHI")
 CRC = struct.Struct("<I")
@@ -53,12 +54,20 @@ class MsgType(IntEnum):
 class NakReason(IntEnum):
     UNKNOWN_ROBOT = 1  # send HELLO again
     UNKNOWN_CONTEXT = 2  # send CLASS / SURVEY again
+    REJECTED = 3  # the record is invalid (out of range...): drop it, never send it again
 
 
 class ProtocolError(ValueError):
     """A frame or payload that does not follow docs/protocol.md."""
 
     reason = "malformed"
+
+
+class InvalidRecord(ProtocolError):
+    """A well-formed, authentic frame whose record breaks the limits (docs/protocol.md):
+    the station refuses it for good (NAK ``REJECTED``)."""
+
+    reason = "invalid"
 
 
 class CrcError(ProtocolError):
@@ -91,6 +100,10 @@ def _tag(key: bytes, body: bytes) -> bytes:
     return hmac.new(key, body, hashlib.sha256).digest()[:TAG_LEN]
 
 
+# A key, or a function (robot number, message type, payload) -> that robot's key (None: no key).
+KeySource = Union[bytes, Callable[[int, int, bytes], "bytes | None"], None]
+
+
 def encode_frame(type: MsgType, robot: int, seq: int, payload: bytes, key: bytes | None = None) -> bytes:
     """One complete wire frame, delimiter included."""
     flags = FLAG_HMAC if key else 0
@@ -103,8 +116,13 @@ def encode_frame(type: MsgType, robot: int, seq: int, payload: bytes, key: bytes
     return cobs.encode(body) + b"\x00"
 
 
-def decode_frame(encoded: bytes, key: bytes | None = None) -> Frame:
-    """Decode the bytes between two delimiters; raises ``ProtocolError`` subclasses."""
+def decode_frame(encoded: bytes, key: KeySource = None) -> Frame:
+    """Decode the bytes between two delimiters; raises ``ProtocolError`` subclasses.
+
+    ``key`` may be a function of (robot number, type, payload): per-robot keys, so a key
+    speaks only for its own robot.  It returning None means "no key for this robot": the
+    frame is refused (``AuthError``).
+    """
     if len(encoded) > MAX_ENCODED:
         raise ProtocolError(f"frame of {len(encoded)} encoded bytes exceeds {MAX_ENCODED}")
     try:
@@ -132,6 +150,11 @@ def decode_frame(encoded: bytes, key: bytes | None = None) -> Frame:
             raise ProtocolError("signed frame too short for its tag")
         tag = body[-TAG_LEN:]
         body = body[:-TAG_LEN]
+    if callable(key):
+        key = key(robot, type_, body[HEADER.size:])
+        if key is None:
+            raise AuthError(f"no key for robot number 0x{robot:04x}")
+    if signed:
         if key is not None and not hmac.compare_digest(tag, _tag(key, body)):
             raise AuthError("HMAC tag does not match")
     elif key is not None:
@@ -148,7 +171,7 @@ class FrameDecoder:
     they exceed the largest possible frame.
     """
 
-    def __init__(self, key: bytes | None = None):
+    def __init__(self, key: KeySource = None):
         self.key = key
         self._buf = bytearray()
         self._overflow = False
@@ -218,12 +241,18 @@ def _get_text(b: bytes, what: str) -> str:
         raise ProtocolError(f"{what} is not UTF-8") from e
 
 
-def encode_hello(robot_id: str) -> bytes:
-    return _text(robot_id, "robot id")
+def encode_hello(robot_id: str, boot: bytes) -> bytes:
+    """``boot``: the 16-byte outbox id; record ids of this robot's later frames carry it."""
+    if len(boot) != BOOT_LEN:
+        raise EncodeError(f"outbox id of {len(boot)} bytes; expected {BOOT_LEN}")
+    return boot + _text(robot_id, "robot id")
 
 
-def decode_hello(p: bytes) -> str:
-    return _get_text(p, "robot id")
+def decode_hello(p: bytes) -> tuple[str, bytes]:
+    """(robot id, 16-byte outbox id)."""
+    if len(p) <= BOOT_LEN:
+        raise ProtocolError(f"HELLO payload of {len(p)} bytes; expected > {BOOT_LEN}")
+    return _get_text(p[BOOT_LEN:], "robot id"), p[:BOOT_LEN]
 
 
 def encode_class(index: int, name: str) -> bytes:
@@ -321,16 +350,16 @@ def decode_plant(p: bytes, robot_id: str, ctx: SurveyContext, class_name: str | 
     if cls != NONE_U8 and class_name is None:
         raise ProtocolError(f"class index {cls} was never announced")
     try:
-        return PlantRecord(
+        return checked(PlantRecord(
             robot_id=robot_id, survey_id=ctx.survey_id, plant_id=_get_u24(p, 1),
             t=ctx.t0 + _get_u24(p, 4) / 10, label=UNCERTAIN if cls == NONE_U8 else class_name,
             class_index=-1 if cls == NONE_U8 else cls, confidence=conf / 255, frames=frames,
             row=None if row == NONE_U16 else row, metre=None if metre == NONE_U16 else metre / 10,
             lat=None if dlat == NONE_I16 or math.isnan(ctx.lat0) else round(ctx.lat0 + dlat / 1e6, 7),
             lon=None if dlon == NONE_I16 or math.isnan(ctx.lon0) else round(ctx.lon0 + dlon / 1e6, 7),
-        )
+        ))
     except RecordError as e:
-        raise ProtocolError(str(e)) from e
+        raise InvalidRecord(str(e)) from e
 
 
 # ROW: ref u8, row u16, plants u32, diseased u32, uncertain u32, incidence/ci_lo/ci_hi u16
@@ -356,9 +385,10 @@ def decode_row(p: bytes, robot_id: str, ctx: SurveyContext) -> RowSummary:
     row_ref(p)
     _, row, plants, dis, unc, inc, lo, hi, t = _ROW.unpack(p)
     try:
-        return RowSummary(robot_id, ctx.survey_id, row, plants, dis, unc, inc / 65535, lo / 65535, hi / 65535, t)
+        return checked(RowSummary(robot_id, ctx.survey_id, row, plants, dis, unc, inc / 65535, lo / 65535,
+                                  hi / 65535, t))
     except RecordError as e:
-        raise ProtocolError(str(e)) from e
+        raise InvalidRecord(str(e)) from e
 
 
 # HEARTBEAT: t f64, queue u32, frames u32, fps f32, ref u8 (0xFF none), row u16,
@@ -390,16 +420,16 @@ def decode_heartbeat(p: bytes, robot_id: str, ctx: SurveyContext | None) -> Hear
     heartbeat_ref(p)
     t, queue, frames, fps, _, row, metre, lat, lon = _HB.unpack_from(p)
     if not (math.isfinite(t) and math.isfinite(fps)):
-        raise ProtocolError("HEARTBEAT time or fps is not finite")
+        raise InvalidRecord("HEARTBEAT time or fps is not finite")
     try:
-        return Heartbeat(
+        return checked(Heartbeat(
             robot_id, t, queue, frames, fps, _get_text(p[_HB.size:], "status"),
             None if ctx is None else ctx.survey_id,
             None if lat == NONE_I32 else lat / 1e7, None if lon == NONE_I32 else lon / 1e7,
             None if row == NONE_U16 else row, None if math.isnan(metre) else metre,
-        )
+        ))
     except RecordError as e:
-        raise ProtocolError(str(e)) from e
+        raise InvalidRecord(str(e)) from e
 
 
 _U32 = struct.Struct("<I")

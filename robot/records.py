@@ -4,10 +4,18 @@ These plain dataclasses are the contract between the runtime (which makes them),
 the telemetry links (which carry them) and the station (which stores them).
 ``to_dict``/``from_dict`` give the JSON form used over MQTT and in the outbox;
 ``from_dict`` validates, so a malformed message is rejected with a clear reason.
+
+Limits (docs/protocol.md, "Limits"): ids (``robot_id``, ``survey_id``) are 1..64
+characters of ``[A-Za-z0-9_.-]``; other strings are valid UTF-8 (no lone surrogates, no
+control characters) of 1..128 bytes; integers are counts >= 0 below 2^53 (``class_index``
+may be -1); probabilities are in [0, 1]; times are finite unix seconds in
+[0, now + 1 day]; latitude in [-90, 90], longitude in [-180, 180]; every float finite.
 """
 from __future__ import annotations
 
 import math
+import re
+import time
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar
 
@@ -21,6 +29,59 @@ class RecordError(ValueError):
 def is_diseased(label: str) -> bool:
     """A plant is diseased when its class name does not contain 'healthy' (uncertain is neither)."""
     return label != UNCERTAIN and "healthy" not in label.lower()
+
+
+ID_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_TEXT_BYTES = 128
+MAX_COUNT = 2 ** 53  # exact in a double, fits SQLite's int64
+MAX_FUTURE_S = 86_400.0  # a record may be stamped at most one day ahead of the checker's clock
+_UNIT = (0.0, 1.0)
+# Inclusive (low, high) per numeric field name; "t" is checked against the clock.
+_RANGES: dict[str, tuple[float, float]] = {
+    "plant_id": (0, MAX_COUNT), "class_index": (-1, MAX_COUNT), "frames": (0, MAX_COUNT),
+    "row": (0, MAX_COUNT), "plants": (0, MAX_COUNT), "diseased": (0, MAX_COUNT), "uncertain": (0, MAX_COUNT),
+    "queue_depth": (0, MAX_COUNT), "dropped": (0, MAX_COUNT), "confidence": _UNIT, "incidence": _UNIT, "ci_lo": _UNIT, "ci_hi": _UNIT,
+    "lat": (-90.0, 90.0), "lon": (-180.0, 180.0), "fps": (0.0, 1e6), "metre": (-1e7, 1e7),
+}
+_IDS = ("robot_id", "survey_id")
+
+
+def check_id(what: str, value: object) -> str:
+    """A robot or survey id: 1..64 characters of ``[A-Za-z0-9_.-]``; raises ``RecordError``."""
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise RecordError(f"{what} {str(value)[:80]!r} must be 1..64 characters of [A-Za-z0-9_.-]")
+    return value
+
+
+def check_text(what: str, value: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """Valid UTF-8 (no lone surrogates), no control characters, 1..``max_bytes`` bytes."""
+    try:
+        n = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise RecordError(f"{what}: not valid UTF-8 (lone surrogate)") from None
+    if not 0 < n <= max_bytes:
+        raise RecordError(f"{what}: {n} UTF-8 bytes, longer than {max_bytes} bytes or empty")
+    if any(ord(ch) < 32 or 127 <= ord(ch) < 160 for ch in value):
+        raise RecordError(f"{what}: contains control characters")
+    return value
+
+
+def _check_value(where: str, name: str, value: object, now: float) -> None:
+    if isinstance(value, str):
+        if name in _IDS:
+            check_id(where, value)
+        else:
+            check_text(where, value)
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RecordError(f"{where}: not a finite number")
+    if name == "t":
+        if not 0.0 <= value <= now + MAX_FUTURE_S:
+            raise RecordError(f"{where}: time {value!r} is not within [0, now + {MAX_FUTURE_S:.0f} s]")
+        return
+    lo, hi = _RANGES.get(name, (-MAX_COUNT, MAX_COUNT))
+    if not lo <= value <= hi:
+        raise RecordError(f"{where}: {value!r} is out of range [{lo}, {hi}]")
 
 
 def _check(cls: type, d: dict[str, Any]) -> dict[str, Any]:
@@ -39,14 +100,13 @@ def _check(cls: type, d: dict[str, Any]) -> dict[str, Any]:
         if d[name] is None and f.default is MISSING:
             raise RecordError(f"{cls.__name__}.{name}: required, got null")
         out[name] = d[name]
+    now = time.time()
     for name, kinds in cls._types.items():
         value = out.get(name)
         if isinstance(value, bool) or (value is not None and not isinstance(value, kinds)):
             raise RecordError(f"{cls.__name__}.{name}: expected {kinds}, got {type(out[name]).__name__}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise RecordError(f"{cls.__name__}.{name}: not a finite number")
-        if isinstance(value, str) and len(value) > 128:
-            raise RecordError(f"{cls.__name__}.{name}: longer than 128 characters")
+        if value is not None:
+            _check_value(f"{cls.__name__}.{name}", name, value, now)
     return out
 
 
@@ -130,7 +190,7 @@ class Heartbeat(_Record):
     kind: ClassVar[str] = "heartbeat"
     _types: ClassVar[dict] = {
         "robot_id": str, "t": _NUM, "queue_depth": int, "frames": int, "fps": _NUM, "status": str,
-        "survey_id": str, "lat": _NUM, "lon": _NUM, "row": int, "metre": _NUM,
+        "survey_id": str, "lat": _NUM, "lon": _NUM, "row": int, "metre": _NUM, "dropped": int,
     }
     robot_id: str
     t: float
@@ -143,9 +203,16 @@ class Heartbeat(_Record):
     lon: float | None = None
     row: int | None = None
     metre: float | None = None
+    dropped: int | None = None  # records the outbox dropped so far (full, unreadable); MQTT only
 
 
 RECORD_TYPES: dict[str, type] = {c.kind: c for c in (PlantRecord, RowSummary, Heartbeat)}
+
+
+def checked(record: Any) -> Any:
+    """``record`` itself when it passes the same checks as ``from_dict`` (limits above); raises ``RecordError``."""
+    type(record).from_dict(record.to_dict())
+    return record
 
 
 def record_from_dict(d: dict[str, Any]) -> PlantRecord | RowSummary | Heartbeat:

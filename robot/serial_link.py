@@ -240,6 +240,7 @@ class SerialStats:
     naks: int = 0
     bad_frames_in: int = 0
     unencodable: int = 0
+    records_rejected: int = 0
     slow_mode: bool = False
     started: float = field(default_factory=time.monotonic)
 
@@ -348,6 +349,7 @@ class SerialLink(LinkWorker):
 
     def _handle_events(self) -> None:
         acked: list[int] = []
+        rejected: list[int] = []
         for kind, value in self._take_events():
             if kind == "state":
                 # New connection or lost one: the station may have forgotten nothing, but
@@ -369,8 +371,11 @@ class SerialLink(LinkWorker):
                 else:
                     seq, reason = P.decode_nak(frame.payload)
                     self.stats.naks += 1
-                    self._inflight.pop(seq, None)
-                    if reason == P.NakReason.UNKNOWN_ROBOT:
+                    entry = self._inflight.pop(seq, None)
+                    if reason == P.NakReason.REJECTED:
+                        if entry is not None and entry.data_seq is not None:
+                            rejected.append(entry.data_seq)
+                    elif reason == P.NakReason.UNKNOWN_ROBOT:
                         self._ctx_ok.clear()
                     else:
                         self._ctx_ok = {k: v for k, v in self._ctx_ok.items() if k[0] == "hello"}
@@ -379,6 +384,10 @@ class SerialLink(LinkWorker):
         if acked:
             self.outbox.remove(acked)
             self.stats.records_acked += len(acked)
+        if rejected:  # invalid at the station: sending them again would change nothing
+            self.outbox.count_rejected(self.outbox.remove(rejected))
+            self.stats.records_rejected += len(rejected)
+            log.error("the station rejected %d record(s) as invalid (removed): seqs %s", len(rejected), rejected[:10])
 
     # -- building frames -----------------------------------------------------------
     def _kinds(self) -> list[str]:
@@ -468,7 +477,7 @@ class SerialLink(LinkWorker):
 
     def _send_context(self, key: tuple, value: object) -> None:
         if key[0] == "hello":
-            mtype, payload = P.MsgType.HELLO, P.encode_hello(self.robot_id)
+            mtype, payload = P.MsgType.HELLO, P.encode_hello(self.robot_id, bytes.fromhex(self.outbox.outbox_id))
         elif key[0] == "class":
             mtype, payload = P.MsgType.CLASS, P.encode_class(key[1], value)
         else:

@@ -6,13 +6,15 @@ power cut of the station.  Receivers (MQTT, serial) write; the dashboard reads. 
 ``StationDB`` is safe to share between threads (one connection behind a lock); other
 processes may open the same file read-only at the same time (WAL).
 
-Schema (all times are unix seconds as REAL; ``record_id`` is ``"<robot_id>:<seq>"``,
-unique per record and stable across retransmissions):
+Schema (all times are unix seconds as REAL; ``record_id`` is
+``"<robot_id>:<outbox_id>:<seq>"``, unique per record, stable across retransmissions and
+across outbox resets: the duplicate filter keys on it):
 
 ``robots``       robot_id PK, last_seen, queue_depth, frames, fps, status, survey_id,
                  link (link that delivered last: "mqtt" | "serial"), link_status
                  ("online" | "offline" | NULL, from the MQTT last will), heartbeat_t
-                 (queue_depth..survey_id come from the newest heartbeat)
+                 (queue_depth..survey_id come from the newest heartbeat), dropped (records
+                 the robot's outbox dropped so far, from its heartbeats)
 ``received``     record_id PK, robot_id, kind ("plant" | "row" | "heartbeat"), link,
                  received_at: every record ever stored; the duplicate filter
 ``plants``       record_id PK, robot_id, survey_id, plant_id, t, label, class_index
@@ -23,10 +25,12 @@ unique per record and stable across retransmissions):
 ``heartbeats``   record_id PK, robot_id, survey_id, t, queue_depth, frames, fps, status,
                  lat, lon, row, metre: the full history (the robot's track)
 ``thumbnails``   record_id PK, jpeg BLOB (MQTT only; serial never carries images)
-``rejected``     reason PK, count, last_at, last_detail: malformed or forged input
+``rejected``     reason PK, count, last_at, last_detail: malformed, invalid or forged input
 ``serial_robots`` number PK (uint16 in the serial header), robot_id: learnt from HELLO
-``serial_classes`` (robot_id, class_index) PK, name, seq: class table sent over serial
-``serial_surveys`` (robot_id, ref) PK, survey_id, t0, lat0, lon0 (NULL: no origin), seq
+``serial_boots``  (robot_id, boot) PK, hello_seq, current: the outbox ids a robot announced
+                 in HELLO; ``current`` = 1 for the one its data frames belong to now
+``serial_class_ctx`` (robot_id, boot, class_index) PK, name, seq: class table sent over serial
+``serial_survey_ctx`` (robot_id, boot, ref) PK, survey_id, t0, lat0, lon0 (NULL: no origin), seq
 
 Query helpers return small frozen dataclasses (``dataclasses.asdict`` gives JSON-ready
 dicts): ``surveys()``, ``plants(survey_id)``, ``rows(survey_id)``, ``robots()``,
@@ -53,7 +57,8 @@ Record = PlantRecord | RowSummary | Heartbeat
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS robots (
     robot_id TEXT PRIMARY KEY, last_seen REAL, queue_depth INTEGER, frames INTEGER,
-    fps REAL, status TEXT, survey_id TEXT, link TEXT, link_status TEXT, heartbeat_t REAL
+    fps REAL, status TEXT, survey_id TEXT, link TEXT, link_status TEXT, heartbeat_t REAL,
+    dropped INTEGER
 );
 CREATE TABLE IF NOT EXISTS received (
     record_id TEXT PRIMARY KEY, robot_id TEXT NOT NULL, kind TEXT NOT NULL,
@@ -85,13 +90,17 @@ CREATE TABLE IF NOT EXISTS rejected (
     reason TEXT PRIMARY KEY, count INTEGER NOT NULL, last_at REAL NOT NULL, last_detail TEXT
 );
 CREATE TABLE IF NOT EXISTS serial_robots (number INTEGER PRIMARY KEY, robot_id TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS serial_classes (
-    robot_id TEXT NOT NULL, class_index INTEGER NOT NULL, name TEXT NOT NULL,
-    seq INTEGER NOT NULL, PRIMARY KEY (robot_id, class_index)
+CREATE TABLE IF NOT EXISTS serial_boots (
+    robot_id TEXT NOT NULL, boot TEXT NOT NULL, hello_seq INTEGER NOT NULL, current INTEGER NOT NULL,
+    PRIMARY KEY (robot_id, boot)
 );
-CREATE TABLE IF NOT EXISTS serial_surveys (
-    robot_id TEXT NOT NULL, ref INTEGER NOT NULL, survey_id TEXT NOT NULL, t0 REAL NOT NULL,
-    lat0 REAL, lon0 REAL, seq INTEGER NOT NULL, PRIMARY KEY (robot_id, ref)
+CREATE TABLE IF NOT EXISTS serial_class_ctx (
+    robot_id TEXT NOT NULL, boot TEXT NOT NULL, class_index INTEGER NOT NULL, name TEXT NOT NULL,
+    seq INTEGER NOT NULL, PRIMARY KEY (robot_id, boot, class_index)
+);
+CREATE TABLE IF NOT EXISTS serial_survey_ctx (
+    robot_id TEXT NOT NULL, boot TEXT NOT NULL, ref INTEGER NOT NULL, survey_id TEXT NOT NULL,
+    t0 REAL NOT NULL, lat0 REAL, lon0 REAL, seq INTEGER NOT NULL, PRIMARY KEY (robot_id, boot, ref)
 );
 """
 
@@ -166,6 +175,10 @@ class StationDB:
         self._lock = threading.RLock()
         try:
             self._conn = connect_wal(self.path, SCHEMA)
+            try:  # databases from before the per-robot drop counter
+                self._conn.execute("ALTER TABLE robots ADD COLUMN dropped INTEGER")
+            except sqlite3.OperationalError:
+                pass
         except sqlite3.DatabaseError as e:
             raise StationDBError(f"cannot open station database {str(path)!r}: {e}") from e
 
@@ -190,29 +203,30 @@ class StationDB:
         return self.insert_records([(record_id, record, thumbnail)], link=link)[0]
 
     def insert_records(self, items: Iterable[tuple[str, Record, bytes | None]],
-                       link: str = "mqtt") -> list[bool]:
-        """Store many records in one transaction (one fsync); per item, False = duplicate."""
+                       link: str = "mqtt") -> list[bool | None]:
+        """Store many records in one transaction (one fsync).
+
+        Per item: True = stored, False = duplicate, None = this record could not be stored
+        (its own savepoint was rolled back; the others are kept).
+        """
         now = time.time()
-        out = []
+        out: list[bool | None] = []
         with self._tx() as c:
             for record_id, record, thumbnail in items:
-                cur = c.execute(
-                    "INSERT OR IGNORE INTO received VALUES (?,?,?,?,?)",
-                    (record_id, record.robot_id, record.kind, link, now),
-                )
-                if cur.rowcount == 0:
-                    out.append(False)
-                    continue
-                _STORE[type(record)](c, record_id, record)
-                if thumbnail is not None:
-                    c.execute("INSERT OR REPLACE INTO thumbnails VALUES (?,?)", (record_id, thumbnail))
-                c.execute(
-                    "INSERT INTO robots(robot_id, last_seen, link) VALUES (?,?,?) "
-                    "ON CONFLICT(robot_id) DO UPDATE SET last_seen=excluded.last_seen, link=excluded.link",
-                    (record.robot_id, now, link),
-                )
-                out.append(True)
+                c.execute("SAVEPOINT one_record")
+                try:
+                    out.append(_insert_one(c, record_id, record, thumbnail, link, now))
+                except (sqlite3.Error, ValueError, TypeError, OverflowError, KeyError) as e:
+                    # one record's problem (e.g. a value SQLite cannot hold) never sinks its batch
+                    log.debug("record %r not stored: %s", record_id[:120], e)
+                    c.execute("ROLLBACK TO one_record")
+                    out.append(None)
+                c.execute("RELEASE one_record")
         return out
+
+    def robot_drops(self) -> dict[str, int]:
+        """Records each robot's outbox dropped so far (its latest heartbeat says)."""
+        return dict(self._all("SELECT robot_id, dropped FROM robots WHERE dropped IS NOT NULL ORDER BY robot_id"))
 
     def count_rejected(self, reason: str, detail: str = "", n: int = 1) -> None:
         """Count rejected input (malformed, forged, unknown robot, too large, duplicate...)."""
@@ -233,6 +247,8 @@ class StationDB:
             )
 
     # -- serial link context (the compact binary records refer to these) -----------
+    # Context is versioned by the robot's outbox id ("boot"), announced in HELLO: a robot
+    # whose outbox was replaced starts a new version, and never inherits the old one's.
     def bind_serial_robot(self, number: int, robot_id: str) -> str:
         """Bind a serial robot number to a name; returns the name already bound if any."""
         with self._tx() as c:
@@ -243,33 +259,52 @@ class StationDB:
         row = self._one("SELECT robot_id FROM serial_robots WHERE number=?", (number,))
         return row[0] if row else None
 
-    def set_serial_class(self, robot_id: str, index: int, name: str, seq: int) -> None:
-        """Newer (larger seq) class names win, so a replayed old table changes nothing."""
+    def serial_hello(self, robot_id: str, boot: str, seq: int) -> bool:
+        """Make ``boot`` the robot's current outbox id; False for a stale HELLO (a replay:
+        not newer than the last HELLO accepted for that boot)."""
         with self._tx() as c:
-            c.execute(
-                "INSERT INTO serial_classes VALUES (?,?,?,?) ON CONFLICT(robot_id, class_index) "
-                "DO UPDATE SET name=excluded.name, seq=excluded.seq WHERE excluded.seq > seq",
-                (robot_id, index, name, seq),
-            )
+            row = c.execute("SELECT hello_seq FROM serial_boots WHERE robot_id=? AND boot=?",
+                            (robot_id, boot)).fetchone()
+            if row is not None and seq <= row[0]:
+                return False
+            c.execute("UPDATE serial_boots SET current=0 WHERE robot_id=?", (robot_id,))
+            c.execute("INSERT INTO serial_boots VALUES (?,?,?,1) ON CONFLICT(robot_id, boot) DO UPDATE "
+                      "SET hello_seq=excluded.hello_seq, current=1", (robot_id, boot, seq))
+            return True
 
-    def serial_class(self, robot_id: str, index: int) -> str | None:
-        row = self._one("SELECT name FROM serial_classes WHERE robot_id=? AND class_index=?", (robot_id, index))
+    def serial_boot(self, robot_id: str) -> str | None:
+        """The outbox id of the robot's latest accepted HELLO."""
+        row = self._one("SELECT boot FROM serial_boots WHERE robot_id=? AND current=1", (robot_id,))
         return row[0] if row else None
 
-    def set_serial_survey(self, robot_id: str, ref: int, survey_id: str, t0: float,
+    def set_serial_class(self, robot_id: str, boot: str, index: int, name: str, seq: int) -> None:
+        """Within one boot newer (larger seq) class names win, so a replayed old table changes nothing."""
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO serial_class_ctx VALUES (?,?,?,?,?) ON CONFLICT(robot_id, boot, class_index) "
+                "DO UPDATE SET name=excluded.name, seq=excluded.seq WHERE excluded.seq > seq",
+                (robot_id, boot, index, name, seq),
+            )
+
+    def serial_class(self, robot_id: str, boot: str, index: int) -> str | None:
+        row = self._one("SELECT name FROM serial_class_ctx WHERE robot_id=? AND boot=? AND class_index=?",
+                        (robot_id, boot, index))
+        return row[0] if row else None
+
+    def set_serial_survey(self, robot_id: str, boot: str, ref: int, survey_id: str, t0: float,
                           lat0: float, lon0: float, seq: int) -> None:
         with self._tx() as c:
             c.execute(
-                "INSERT INTO serial_surveys VALUES (?,?,?,?,?,?,?) ON CONFLICT(robot_id, ref) DO UPDATE "
+                "INSERT INTO serial_survey_ctx VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(robot_id, boot, ref) DO UPDATE "
                 "SET survey_id=excluded.survey_id, t0=excluded.t0, lat0=excluded.lat0, "
                 "lon0=excluded.lon0, seq=excluded.seq WHERE excluded.seq > seq",
-                (robot_id, ref, survey_id, t0, lat0, lon0, seq),
+                (robot_id, boot, ref, survey_id, t0, lat0, lon0, seq),
             )
 
-    def serial_survey(self, robot_id: str, ref: int) -> tuple[str, float, float, float] | None:
+    def serial_survey(self, robot_id: str, boot: str, ref: int) -> tuple[str, float, float, float] | None:
         """(survey_id, t0, lat0, lon0) of a survey reference, or None if never announced."""
-        row = self._one("SELECT survey_id, t0, lat0, lon0 FROM serial_surveys WHERE robot_id=? AND ref=?",
-                        (robot_id, ref))
+        row = self._one("SELECT survey_id, t0, lat0, lon0 FROM serial_survey_ctx WHERE robot_id=? AND boot=? "
+                        "AND ref=?", (robot_id, boot, ref))
         if row is None:
             return None
         survey_id, t0, lat0, lon0 = row
@@ -389,6 +424,23 @@ class _Transaction:
             self.db._lock.release()
 
 
+def _insert_one(c: sqlite3.Connection, record_id: str, record: Record, thumbnail: bytes | None,
+                link: str, now: float) -> bool:
+    cur = c.execute("INSERT OR IGNORE INTO received VALUES (?,?,?,?,?)",
+                    (record_id, record.robot_id, record.kind, link, now))
+    if cur.rowcount == 0:
+        return False
+    _STORE[type(record)](c, record_id, record)
+    if thumbnail is not None:
+        c.execute("INSERT OR REPLACE INTO thumbnails VALUES (?,?)", (record_id, thumbnail))
+    c.execute(
+        "INSERT INTO robots(robot_id, last_seen, link) VALUES (?,?,?) "
+        "ON CONFLICT(robot_id) DO UPDATE SET last_seen=excluded.last_seen, link=excluded.link",
+        (record.robot_id, now, link),
+    )
+    return True
+
+
 def _store_plant(c: sqlite3.Connection, record_id: str, r: PlantRecord) -> None:
     c.execute(
         "INSERT INTO plants VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -417,11 +469,12 @@ def _store_heartbeat(c: sqlite3.Connection, record_id: str, r: Heartbeat) -> Non
          r.lat, r.lon, r.row, r.metre),
     )
     c.execute(
-        "INSERT INTO robots(robot_id, queue_depth, frames, fps, status, survey_id, heartbeat_t) "
-        "VALUES (?,?,?,?,?,?,?) ON CONFLICT(robot_id) DO UPDATE SET queue_depth=excluded.queue_depth, "
+        "INSERT INTO robots(robot_id, queue_depth, frames, fps, status, survey_id, heartbeat_t, dropped) "
+        "VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(robot_id) DO UPDATE SET queue_depth=excluded.queue_depth, "
         "frames=excluded.frames, fps=excluded.fps, status=excluded.status, survey_id=excluded.survey_id, "
-        "heartbeat_t=excluded.heartbeat_t WHERE excluded.heartbeat_t >= coalesce(robots.heartbeat_t, 0)",
-        (r.robot_id, r.queue_depth, r.frames, r.fps, r.status, r.survey_id, r.t),
+        "heartbeat_t=excluded.heartbeat_t, dropped=coalesce(excluded.dropped, robots.dropped) "
+        "WHERE excluded.heartbeat_t >= coalesce(robots.heartbeat_t, 0)",
+        (r.robot_id, r.queue_depth, r.frames, r.fps, r.status, r.survey_id, r.t, r.dropped),
     )
 
 

@@ -1,10 +1,14 @@
 """The base station's receivers: verify what arrives over MQTT and serial, store it once.
 
 Every input passes the same gate before it can touch the database: size limit, HMAC
-(when a key is configured), robot allow-list, schema (``robot.records``), and the
-duplicate filter (record id).  Anything that fails is logged and counted in the
-``rejected`` table under a reason (``too_large``, ``bad_hmac``, ``bad_crc``,
-``malformed``, ``unknown_robot``, ``bad_topic``, ``duplicate``...) and never written.
+(per-robot keys, ``station.keys``), robot allow-list, schema and limits
+(``robot.records``), and the duplicate filter (record id).  Each message is checked and
+stored on its own (a savepoint per record): a bad one never sinks its neighbours.
+Anything that fails is counted in the ``rejected`` table under a reason (``too_large``,
+``bad_hmac``, ``bad_crc``, ``malformed``, ``invalid``, ``unknown_robot``, ``bad_topic``,
+``missing_context``, ``store_failed``, ``duplicate``...), logged at most once per reason
+per minute, and never written.  A record refused for good (``invalid``, ``store_failed``)
+whose id could be read is acknowledged as rejected, so the robot stops sending it.
 No input can raise out of a receiver thread.
 
 ``Station`` runs the receivers of one process (``leafscout station``) in threads with
@@ -25,17 +29,29 @@ from pathlib import Path
 from typing import Iterable
 
 from robot import protocol as P
-from robot.mqtt_link import (DATA_KINDS, MAX_THUMBNAIL_BYTES, MessageError, make_client, parse_mqtt_url, seal,
-                              topic, unseal)
+from robot.mqtt_link import (DATA_KINDS, MAX_THUMBNAIL_BYTES, MessageError, ack_message, make_client,
+                              parse_mqtt_url, redact_url, seal, topic, unseal)
 from robot.outbox import record_id
-from robot.records import RecordError, record_from_dict
+from robot.ratelimit import RateLimitedLog
+from robot.records import ID_PATTERN, RecordError, record_from_dict
 from robot.serial_link import PortReader
 from station.db import Record, StationDB, open_db
+from station.keys import KeyRing
 
 log = logging.getLogger(__name__)
+_limited = RateLimitedLog(log)
 
-_ID = re.compile(r"^(?P<robot>[^:]{1,128}):(?P<seq>[0-9]{1,19})$")
-_ROBOT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_ID = re.compile(r"^(?P<robot>[A-Za-z0-9_.-]{1,64}):(?P<outbox>[0-9a-f]{32}):(?P<seq>[1-9][0-9]{0,18})$")
+_ROBOT = re.compile(r"^" + ID_PATTERN.pattern + r"$")
+MAX_SEQ = 2 ** 63 - 1
+
+
+class Rejected(MessageError):
+    """A message with a readable id whose record is refused for good: acknowledged as rejected."""
+
+    def __init__(self, reason: str, message: str, robot_id: str, outbox_id: str, seq: int):
+        super().__init__(reason, message)
+        self.robot_id, self.outbox_id, self.seq = robot_id, outbox_id, seq
 
 
 class StationError(RuntimeError):
@@ -49,6 +65,7 @@ class Accepted:
     record_id: str
     record: Record
     thumbnail: bytes | None = None
+    outbox_id: str = ""
 
 
 def check_robot(robot_id: str, allowed: frozenset[str] | None) -> None:
@@ -56,38 +73,56 @@ def check_robot(robot_id: str, allowed: frozenset[str] | None) -> None:
         raise MessageError("unknown_robot", f"robot {robot_id!r} is not in the allow-list {sorted(allowed)}")
 
 
-def parse_record_message(topic_: str, payload: bytes, key: bytes | None = None,
+def _key(keys: KeyRing | bytes | None, robot_id: str) -> bytes | None:
+    """The key a robot's messages must carry; raises when signing is on and it has none."""
+    if keys is None or isinstance(keys, bytes):
+        return keys
+    key = keys.for_robot(robot_id)
+    if key is None:
+        raise MessageError("bad_hmac", f"no key for robot {robot_id!r}: its messages cannot be verified")
+    return key
+
+
+def parse_record_message(topic_: str, payload: bytes, keys: KeyRing | bytes | None = None,
                          allowed: frozenset[str] | None = None) -> Accepted:
-    """Verify one MQTT data message; raises ``MessageError`` (with a counter reason)."""
+    """Verify one MQTT data message; raises ``MessageError`` (with a counter reason), or
+    ``Rejected`` when the id is readable but the record is not acceptable."""
     parts = topic_.split("/")
     if len(parts) != 3 or parts[0] != "leafscout" or parts[2] not in DATA_KINDS or not _ROBOT.match(parts[1]):
         raise MessageError("bad_topic", f"topic {topic_!r} is not leafscout/<robot>/{{{','.join(DATA_KINDS)}}}")
     robot_id, kind = parts[1], parts[2]
     check_robot(robot_id, allowed)
-    body = unseal(topic_, payload, key)
+    body = unseal(topic_, payload, _key(keys, robot_id))
+    m = _ID.match(body.get("id")) if isinstance(body.get("id"), str) else None
+    if m is None or m["robot"] != robot_id or int(m["seq"]) > MAX_SEQ:
+        raise MessageError("malformed", f"id {str(body.get('id'))[:100]!r} is not '{robot_id}:<outbox id>:<seq>'")
+    try:
+        return _parse_body(robot_id, kind, m, body)
+    except MessageError as e:
+        raise Rejected(e.reason, str(e), robot_id, m["outbox"], int(m["seq"])) from None
+
+
+def _parse_body(robot_id: str, kind: str, m: re.Match, body: dict) -> Accepted:
     unknown = set(body) - {"id", "record", "thumbnail"}
     if unknown:
-        raise MessageError("malformed", f"unknown keys {sorted(unknown)}; expected id, record, thumbnail")
-    m = _ID.match(body.get("id")) if isinstance(body.get("id"), str) else None
-    if m is None or m["robot"] != robot_id:
-        raise MessageError("malformed", f"id {body.get('id')!r} is not '{robot_id}:<seq>'")
+        raise MessageError("invalid", f"unknown keys {sorted(map(str, unknown))[:5]}; expected id, record, thumbnail")
     try:
         record = record_from_dict(body.get("record"))
-    except (RecordError, TypeError) as e:
-        raise MessageError("malformed", f"record: {e}") from None
+    except (RecordError, TypeError, ValueError, OverflowError) as e:
+        raise MessageError("invalid", f"record: {e}") from None
     if record.robot_id != robot_id or record.kind != kind:
-        raise MessageError("malformed", f"{record.kind} record of {record.robot_id!r} on topic {topic_!r}")
+        raise MessageError("invalid", f"{record.kind} record of {record.robot_id!r} on the {kind} topic of {robot_id!r}")
     thumb = body.get("thumbnail")
     if thumb is not None:
         if not isinstance(thumb, str) or len(thumb) > MAX_THUMBNAIL_BYTES * 4 // 3 + 4:
-            raise MessageError("malformed", f"thumbnail must be base64 JPEG up to {MAX_THUMBNAIL_BYTES} bytes")
+            raise MessageError("invalid", f"thumbnail must be base64 JPEG up to {MAX_THUMBNAIL_BYTES} bytes")
         try:
             thumb = base64.b64decode(thumb, validate=True)
         except (binascii.Error, ValueError):
-            raise MessageError("malformed", "thumbnail is not base64") from None
+            raise MessageError("invalid", "thumbnail is not base64") from None
         if not thumb.startswith(b"\xff\xd8") or record.kind != "plant":
-            raise MessageError("malformed", "thumbnail must be a JPEG attached to a plant record")
-    return Accepted(robot_id, int(m["seq"]), body["id"], record, thumb)
+            raise MessageError("invalid", "thumbnail must be a JPEG attached to a plant record")
+    return Accepted(robot_id, int(m["seq"]), body["id"], record, thumb, m["outbox"])
 
 
 class _Rejects:
@@ -102,7 +137,7 @@ class _Rejects:
         self._counts[reason] += 1
         self._detail[reason] = detail
         if reason != "duplicate":
-            log.warning("%s: rejected input (%s): %s", self.link, reason, detail)
+            _limited.warning(f"{self.link}/{reason}", "%s: rejected input (%s): %s", self.link, reason, detail)
 
     def flush(self) -> None:
         for reason, n in self._counts.items():
@@ -113,10 +148,10 @@ class _Rejects:
 class MqttReceiver:
     """Subscribes to every robot's topics; stores verified records; acks them to the robot."""
 
-    def __init__(self, db: StationDB, url: str, key: bytes | None = None,
+    def __init__(self, db: StationDB, url: str, keys: KeyRing | None = None,
                  allowed: frozenset[str] | None = None, client_id: str = "leafscout-station",
                  max_queue: int = 100_000):
-        self.db, self.key, self.allowed = db, key, allowed
+        self.db, self.keys, self.allowed = db, keys, allowed
         self.settings = parse_mqtt_url(url)
         self.connected = threading.Event()
         self.stored = 0
@@ -142,7 +177,8 @@ class MqttReceiver:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("broker refused the station: %s", reason_code)
+            _limited.error("broker-refused", "broker %s refused the station: %s",
+                           f"{self.settings.host}:{self.settings.port}", reason_code)
             return
         client.subscribe([(f"leafscout/+/{k}", 1) for k in (*DATA_KINDS, "status")])
         self.connected.set()
@@ -151,7 +187,7 @@ class MqttReceiver:
         try:
             self._queue.put_nowait((msg.topic, msg.payload))
         except queue.Full:  # the robot still has it and will send it again
-            log.warning("station overloaded; dropping a message from %s", msg.topic)
+            _limited.warning("overloaded", "station overloaded; dropping a message from %s", msg.topic[:100])
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -167,31 +203,60 @@ class MqttReceiver:
             try:
                 self._process(batch)
             except Exception:  # noqa: BLE001 - e.g. disk full: records stay unacked on the robot
-                log.exception("station: storing a batch of %d messages failed", len(batch))
+                _limited.error("batch-failed", "station: storing a batch of %d messages failed (%s)", len(batch),
+                               "see the debug log")
+                log.debug("batch failure", exc_info=True)
+
+    def _parse(self, topic_: str, payload: bytes, rejects: _Rejects,
+               rejected: dict[tuple[str, str], list[int]]) -> Accepted | None:
+        """One message, isolated: whatever it contains, it costs only itself."""
+        try:
+            return parse_record_message(topic_, payload, self.keys, self.allowed)
+        except Rejected as e:
+            rejects.add(e.reason, f"{topic_[:100]}: {e}")
+            rejected[(e.robot_id, e.outbox_id)].append(e.seq)
+        except MessageError as e:
+            rejects.add(e.reason, f"{topic_[:100]}: {e}")
+        except Exception as e:  # noqa: BLE001 - a parser bug must not sink the batch
+            rejects.add("malformed", f"{topic_[:100]}: {type(e).__name__}")
+        return None
 
     def _process(self, batch: list[tuple[str, bytes]]) -> None:
         rejects = _Rejects(self.db, "mqtt")
         accepted: list[Accepted] = []
+        acks: dict[tuple[str, str], list[int]] = defaultdict(list)
+        rejected: dict[tuple[str, str], list[int]] = defaultdict(list)
         for topic_, payload in batch:
             if topic_.endswith("/status"):
                 self._status(topic_, payload, rejects)
                 continue
-            try:
-                accepted.append(parse_record_message(topic_, payload, self.key, self.allowed))
-            except MessageError as e:
-                rejects.add(e.reason, f"{topic_[:100]}: {e}")
+            a = self._parse(topic_, payload, rejects, rejected)
+            if a is not None:
+                accepted.append(a)
         fresh = self.db.insert_records([(a.record_id, a.record, a.thumbnail) for a in accepted], link="mqtt")
-        self.stored += sum(fresh)
-        acks: dict[str, list[int]] = defaultdict(list)
+        self.stored += sum(1 for f in fresh if f)
         for a, new in zip(accepted, fresh):
+            if new is None:
+                rejects.add("store_failed", a.record_id)
+                rejected[(a.robot_id, a.outbox_id)].append(a.seq)
+                continue
             if not new:
                 rejects.add("duplicate", a.record_id)
-            acks[a.robot_id].append(a.seq)  # duplicates too: the robot lost our first ack
+            acks[(a.robot_id, a.outbox_id)].append(a.seq)  # duplicates too: the robot lost our first ack
         rejects.flush()
-        for robot_id, seqs in acks.items():
-            t = topic(robot_id, "ack")
-            for i in range(0, len(seqs), 1000):
-                self.client.publish(t, seal(t, {"ids": seqs[i:i + 1000]}, self.key), qos=1)
+        for robot_id, outbox_id in {*acks, *rejected}:
+            self._ack(robot_id, outbox_id, acks.get((robot_id, outbox_id), []),
+                      rejected.get((robot_id, outbox_id), []))
+
+    def _ack(self, robot_id: str, outbox_id: str, ids: list[int], rejected: list[int]) -> None:
+        t = topic(robot_id, "ack")
+        try:
+            key = _key(self.keys, robot_id)
+        except MessageError:
+            return
+        for i in range(0, max(len(ids), len(rejected)), 1000):
+            body = ack_message(outbox_id, ids[i:i + 1000], rejected[i:i + 1000])
+            self.client.publish(t, seal(t, body, key), qos=1)
 
     def _status(self, topic_: str, payload: bytes, rejects: _Rejects) -> None:
         robot_id = topic_.split("/")[1]
@@ -203,18 +268,18 @@ class MqttReceiver:
         if payload in (b"online", b"offline") and _ROBOT.match(robot_id):
             self.db.set_link_status(robot_id, payload.decode())
         elif payload:  # an empty retained message only clears the topic
-            rejects.add("malformed", f"status {payload[:20]!r} on {topic_[:100]}")
+            rejects.add("malformed", f"status {payload[:20]!r} on {topic_[:100]!r}")
 
 
 class SerialReceiver:
     """Reads frames from one serial port, stores verified records, acknowledges them."""
 
-    def __init__(self, db: StationDB, url: str, key: bytes | None = None,
+    def __init__(self, db: StationDB, url: str, keys: KeyRing | None = None,
                  allowed: frozenset[str] | None = None, baudrate: int = 115200):
-        self.db, self.key, self.allowed = db, key, allowed
+        self.db, self.keys, self.allowed = db, keys, allowed
         self.stored = 0
         self.frames_ok = 0
-        self._decoder = P.FrameDecoder(key)
+        self._decoder = P.FrameDecoder(self._frame_key if keys is not None else None)
         self._seq = 0
         self.reader = PortReader(url, self._on_data, baudrate, name="station-serial")
 
@@ -229,6 +294,19 @@ class SerialReceiver:
         """For ``pty://``: the device path the robot should open."""
         return getattr(self.reader.port, "peer", None)
 
+    def _frame_key(self, number: int, mtype: int, payload: bytes) -> bytes | None:
+        """The key of the robot a frame claims to come from (HELLO names it; others: its binding)."""
+        if mtype == P.MsgType.HELLO:
+            try:
+                name = P.decode_hello(payload)[0]
+            except P.ProtocolError:
+                return None
+            if P.robot_number(name) != number:
+                return None
+        else:
+            name = self.db.serial_robot(number)
+        return self.keys.shared if name is None else self.keys.for_robot(name)
+
     def _on_data(self, data: bytes) -> None:
         rejects = _Rejects(self.db, "serial")
         records: list[tuple[int, int, Accepted]] = []  # (robot number, frame seq, record)
@@ -240,8 +318,15 @@ class SerialReceiver:
                 continue
             try:
                 outcome = self._frame(item)
+            except P.InvalidRecord as e:  # authentic but out of limits: refused for good
+                rejects.add(e.reason, f"{item.type.name} seq {item.seq}: {e}")
+                naks.append((item.robot, item.seq, P.NakReason.REJECTED))
+                continue
             except (P.ProtocolError, MessageError) as e:
                 rejects.add(getattr(e, "reason", "malformed"), f"{item.type.name} seq {item.seq}: {e}")
+                continue
+            except Exception as e:  # noqa: BLE001 - one frame's problem never sinks the read chunk
+                rejects.add("malformed", f"{item.type.name} seq {item.seq}: {type(e).__name__}")
                 continue
             if isinstance(outcome, P.NakReason):
                 rejects.add("missing_context", f"{item.type.name} seq {item.seq}: {outcome.name}")
@@ -253,8 +338,12 @@ class SerialReceiver:
             self.frames_ok += 1
         if records:
             fresh = self.db.insert_records([(a.record_id, a.record, None) for _, _, a in records], link="serial")
-            self.stored += sum(fresh)
+            self.stored += sum(1 for f in fresh if f)
             for (number, seq, a), new in zip(records, fresh):
+                if new is None:
+                    rejects.add("store_failed", a.record_id)
+                    naks.append((number, seq, P.NakReason.REJECTED))
+                    continue
                 if not new:
                     rejects.add("duplicate", a.record_id)
                 acks[number].append(seq)
@@ -267,14 +356,17 @@ class SerialReceiver:
 
     def _send(self, mtype: P.MsgType, number: int, payload: bytes) -> None:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
-        self.reader.write(P.encode_frame(mtype, number, self._seq, payload, self.key))
+        key = None if self.keys is None else self._frame_key(number, mtype, payload)
+        if self.keys is not None and key is None:
+            return  # a robot we cannot sign for would ignore the reply anyway
+        self.reader.write(P.encode_frame(mtype, number, self._seq, payload, key))
 
     def _frame(self, f: P.Frame) -> Accepted | P.NakReason | None:
         """Apply one verified frame: None = ack it, NakReason = ask for context, Accepted = store."""
         if f.type in (P.MsgType.ACK, P.MsgType.NAK):
             raise P.ProtocolError(f"{f.type.name} frames go from the station to robots")
         if f.type == P.MsgType.HELLO:
-            name = P.decode_hello(f.payload)
+            name, boot = P.decode_hello(f.payload)
             if not _ROBOT.match(name):
                 raise P.ProtocolError(f"robot id {name!r} must match {_ROBOT.pattern}")
             check_robot(name, self.allowed)
@@ -283,39 +375,43 @@ class SerialReceiver:
             bound = self.db.bind_serial_robot(f.robot, name)
             if bound != name:
                 raise MessageError("unknown_robot", f"robot number {f.robot} is already bound to {bound!r}")
+            if not self.db.serial_hello(name, boot.hex(), f.seq):
+                raise MessageError("stale_hello", f"HELLO of {name!r} outbox {boot.hex()} seq {f.seq} is not newer")
             return None
         name = self.db.serial_robot(f.robot)
-        if name is None:
+        boot = None if name is None else self.db.serial_boot(name)
+        if name is None or boot is None:
             return P.NakReason.UNKNOWN_ROBOT
         check_robot(name, self.allowed)
         if f.type == P.MsgType.CLASS:
             index, cname = P.decode_class(f.payload)
-            self.db.set_serial_class(name, index, cname, f.seq)
+            self.db.set_serial_class(name, boot, index, cname, f.seq)
             return None
         if f.type == P.MsgType.SURVEY:
             ctx = P.decode_survey(f.payload)
-            self.db.set_serial_survey(name, ctx.ref, ctx.survey_id, ctx.t0, ctx.lat0, ctx.lon0, f.seq)
+            self.db.set_serial_survey(name, boot, ctx.ref, ctx.survey_id, ctx.t0, ctx.lat0, ctx.lon0, f.seq)
             return None
+        rid = record_id(name, boot, f.seq)
         if f.type == P.MsgType.HEARTBEAT:
             ref = P.heartbeat_ref(f.payload)
-            ctx = None if ref is None else self._survey(name, ref)
+            ctx = None if ref is None else self._survey(name, boot, ref)
             if ref is not None and ctx is None:
                 return P.NakReason.UNKNOWN_CONTEXT
-            return Accepted(name, f.seq, record_id(name, f.seq), P.decode_heartbeat(f.payload, name, ctx))
+            return Accepted(name, f.seq, rid, P.decode_heartbeat(f.payload, name, ctx), None, boot)
         ref = P.plant_ref(f.payload) if f.type == P.MsgType.PLANT else P.row_ref(f.payload)
-        ctx = self._survey(name, ref)
+        ctx = self._survey(name, boot, ref)
         if ctx is None:
             return P.NakReason.UNKNOWN_CONTEXT
         if f.type == P.MsgType.ROW:
-            return Accepted(name, f.seq, record_id(name, f.seq), P.decode_row(f.payload, name, ctx))
+            return Accepted(name, f.seq, rid, P.decode_row(f.payload, name, ctx), None, boot)
         cls = f.payload[7]
-        cname = None if cls == P.NONE_U8 else self.db.serial_class(name, cls)
+        cname = None if cls == P.NONE_U8 else self.db.serial_class(name, boot, cls)
         if cls != P.NONE_U8 and cname is None:
             return P.NakReason.UNKNOWN_CONTEXT
-        return Accepted(name, f.seq, record_id(name, f.seq), P.decode_plant(f.payload, name, ctx, cname))
+        return Accepted(name, f.seq, rid, P.decode_plant(f.payload, name, ctx, cname), None, boot)
 
-    def _survey(self, name: str, ref: int) -> P.SurveyContext | None:
-        row = self.db.serial_survey(name, ref)
+    def _survey(self, name: str, boot: str, ref: int) -> P.SurveyContext | None:
+        row = self.db.serial_survey(name, boot, ref)
         return None if row is None else P.SurveyContext(ref, *row)
 
 
@@ -324,14 +420,20 @@ class Station:
 
     def __init__(self, db_path: str | Path, mqtt: str | None = None, serial: str | None = None,
                  hmac_key: bytes | None = None, robots: Iterable[str] | None = None,
-                 baudrate: int = 115200, client_id: str = "leafscout-station"):
+                 baudrate: int = 115200, client_id: str = "leafscout-station", keys: KeyRing | None = None,
+                 insecure: bool = False):
+        """``keys``: per-robot HMAC keys; ``hmac_key``: one key shared by all robots (weaker).
+        Neither: unsigned input is accepted (``leafscout station`` needs ``--insecure`` for that)."""
         if mqtt is None and serial is None:
             raise StationError("a station needs at least one of mqtt= (broker URL) or serial= (port URL)")
+        if keys is None and hmac_key is not None:
+            keys = KeyRing(shared=hmac_key)
+        self.keys, self.insecure = keys, insecure
         self.allowed = frozenset(robots) if robots else None
         self.db = open_db(db_path)
         try:
-            self.mqtt = MqttReceiver(self.db, mqtt, hmac_key, self.allowed, client_id) if mqtt else None
-            self.serial = SerialReceiver(self.db, serial, hmac_key, self.allowed, baudrate) if serial else None
+            self.mqtt = MqttReceiver(self.db, mqtt, keys, self.allowed, client_id) if mqtt else None
+            self.serial = SerialReceiver(self.db, serial, keys, self.allowed, baudrate) if serial else None
         except Exception:
             self.db.close()
             raise

@@ -1,7 +1,6 @@
 """MQTT link against a real Mosquitto: delivery, outages, kill -9, credentials."""
 from __future__ import annotations
 
-import time
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -72,15 +71,12 @@ def test_outage_backlog_drains_in_order_without_loss_or_duplicates(tmp_path, bro
             assert sink.flush(30) and sink.outbox.depth() == n
             broker.start()
             assert link.connected.wait(15)
-            t = time.monotonic()
             wait_for(lambda: sink.outbox.depth() == 0, 60, "the backlog to drain")
-            rate = n / (time.monotonic() - t)
         wait_for(lambda: st.db.record_count() == n, 10, "every record at the station")
         stored = st.db.plants("s1")
-        arrival = [int(r[0].split(":")[1]) for r in st.db._all("SELECT record_id FROM received ORDER BY rowid")]
+        arrival = [int(r[0].split(":")[2]) for r in st.db._all("SELECT record_id FROM received ORDER BY rowid")]
     assert sorted(p.plant_id for p in stored) == list(range(n))  # none lost, none twice
-    assert arrival == sorted(arrival), "the backlog did not drain in order"
-    assert rate >= 500, f"backlog drained at {rate:.0f} records/s"
+    assert arrival == sorted(arrival), "the backlog did not drain in order"  # drain rate: make bench
 
 
 def test_broker_killed_mid_burst_loses_nothing(tmp_path, broker):

@@ -32,7 +32,7 @@ def test_fifo_with_stable_ids_and_sequence_never_reused(tmp_path):
         assert seqs == [1, 2, 3, 4, 5]
         items = ob.pending(limit=3)
         assert [i.seq for i in items] == [1, 2, 3] and items[0].record == plant(0)
-        assert items[0].record_id == record_id("r1", 1) == "r1:1"
+        assert items[0].record_id == record_id("r1", ob.outbox_id, 1) == f"r1:{ob.outbox_id}:1"
         assert ob.remove([1, 2, 99]) == 2
         assert [i.seq for i in ob.pending()] == [3, 4, 5]
         assert [i.seq for i in ob.pending(exclude={3, 4})] == [5]

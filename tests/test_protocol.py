@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,8 +33,15 @@ def _doc_hex_blocks() -> list[bytes]:
     return [bytes.fromhex(b) for b in blocks]
 
 
+def test_worked_example_in_protocol_doc_is_generated_from_the_codec():
+    sys.path.insert(0, str(DOC.parent))
+    import protocol_example
+
+    assert protocol_example.markdown() in DOC.read_text(), "run: python docs/protocol_example.py"
+
+
 def test_worked_example_in_protocol_doc_decodes():
-    plain, signed, ack = _doc_hex_blocks()[:3]
+    plain, signed, ack, nak = _doc_hex_blocks()[:4]
     assert len(plain) == 32 and plain.endswith(b"\x00")
     ctx = P.SurveyContext(3, "2026-06-01-north", 1780300800.0, 48.1371, 11.5754)
     f = P.decode_frame(plain[:-1])
@@ -48,10 +56,14 @@ def test_worked_example_in_protocol_doc_decodes():
         P.decode_frame(signed[:-1], key=b"another-key-of-16b")
     a = P.decode_frame(ack[:-1])
     assert a.type == P.MsgType.ACK and P.decode_ack(a.payload) == [42]
+    n = P.decode_frame(nak[:-1])
+    assert n.type == P.MsgType.NAK and P.decode_nak(n.payload) == (43, P.NakReason.REJECTED)
     # inline context frames in the doc decode too
     inline = re.findall(r"`((?:[0-9a-f]{2} )+00)`", DOC.read_text())
-    types = [P.decode_frame(bytes.fromhex(h)[:-1]).type for h in inline]
-    assert types == [P.MsgType.HELLO, P.MsgType.CLASS]
+    frames = [P.decode_frame(bytes.fromhex(h)[:-1]) for h in inline]
+    assert [f.type for f in frames] == [P.MsgType.HELLO, P.MsgType.CLASS]
+    name, boot = P.decode_hello(frames[0].payload)
+    assert name == "r1" and len(boot) == P.BOOT_LEN
 
 
 def test_crc_is_crc32c_as_documented():
@@ -79,7 +91,7 @@ def test_round_trip_of_every_message_type(key):
     hb = Heartbeat("r7", CTX.t0 + 1, 12, 900, 9.5, "ok", "s", 48.0, 11.0, 2, 3.25)
     ctx = P.SurveyContext(0, "s", CTX.t0, CTX.lat0, CTX.lon0)
     cases = [
-        (P.MsgType.HELLO, P.encode_hello("r7"), lambda p: P.decode_hello(p) == "r7"),
+        (P.MsgType.HELLO, P.encode_hello("r7", bytes(range(16))), lambda p: P.decode_hello(p) == ("r7", bytes(range(16)))),
         (P.MsgType.CLASS, P.encode_class(4, "Apple___scab"), lambda p: P.decode_class(p) == (4, "Apple___scab")),
         (P.MsgType.SURVEY, P.encode_survey(ctx), lambda p: P.decode_survey(p) == ctx),
         (P.MsgType.PLANT, P.encode_plant(plant, ctx),
@@ -119,7 +131,7 @@ def test_values_the_compact_form_cannot_carry_are_refused_not_mangled():
     with pytest.raises(P.EncodeError, match="class index"):
         P.encode_class(255, "x")
     with pytest.raises(P.EncodeError, match="1..64"):
-        P.encode_hello("r" * 65)
+        P.encode_hello("r" * 65, bytes(16))
 
 
 @pytest.mark.parametrize("mutation, error", [
@@ -140,12 +152,14 @@ def test_wrong_version_unknown_type_and_unsigned_frames_are_rejected():
         body = P.HEADER.pack(ver_flags, mtype, 1, 1) + b"r1"
         return cobs.encode(body + P.CRC.pack(P.crc32c(body)))
 
-    with pytest.raises(P.ProtocolError, match="version 2"):
-        P.decode_frame(build(0x20, 1))
+    with pytest.raises(P.ProtocolError, match="version 1, expected 2"):
+        P.decode_frame(build(0x10, 1))  # version 1 frames carry no outbox id: refused
+    with pytest.raises(P.ProtocolError, match="version 3"):
+        P.decode_frame(build(0x30, 1))
     with pytest.raises(P.ProtocolError, match="unknown message type 99"):
-        P.decode_frame(build(0x10, 99))
+        P.decode_frame(build(0x20, 99))
     with pytest.raises(P.AuthError, match="not signed"):
-        P.decode_frame(build(0x10, 1), key=KEY)
+        P.decode_frame(build(0x20, 1), key=KEY)
 
 
 def test_fault_stream_every_intact_frame_decoded_every_corrupted_one_rejected():

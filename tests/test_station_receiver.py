@@ -26,6 +26,7 @@ from telemetry_faults import wait_for
 from test_protocol import FUZZ, fuzz_settings
 
 KEY = b"station-test-key-0123"
+OB = "0123456789abcdef0123456789abcdef"  # an outbox id
 T0 = 1_780_000_000.0
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,25 +58,26 @@ def test_mqtt_forged_replayed_unknown_and_oversized_input_is_rejected(tmp_path):
         r1.on_message = lambda c, u, m: (acks.append(m.payload), got_ack.set())
         r1.subscribe(topic("r1", "ack"), qos=1)
         t = topic("r1", "plant")
-        good = seal(t, {"id": "r1:1", "record": plant(1).to_dict()}, KEY)
+        good = seal(t, {"id": f"r1:{OB}:1", "record": plant(1).to_dict()}, KEY)
         send(r1, t, good)
         wait_for(lambda: st.db.record_count() == 1, 10, "the genuine record")
-        assert got_ack.wait(5) and unseal(topic("r1", "ack"), acks[0], KEY) == {"ids": [1]}
+        assert got_ack.wait(5) and unseal(topic("r1", "ack"), acks[0], KEY) == {"outbox": OB, "ids": [1]}
         cases = {
-            "bad_hmac": [seal(t, {"id": "r1:2", "record": plant(2).to_dict()}, b"wrong-key-wrong-key"),
-                         seal(t, {"id": "r1:3", "record": plant(3).to_dict()}, None)],
+            "bad_hmac": [seal(t, {"id": f"r1:{OB}:2", "record": plant(2).to_dict()}, b"wrong-key-wrong-key"),
+                         seal(t, {"id": f"r1:{OB}:3", "record": plant(3).to_dict()}, None)],
             "duplicate": [good],  # replay of a genuine message
             "too_large": [b"x" * (1024 * 1024)],
-            "malformed": [seal(t, {"id": "r1:4", "record": {"kind": "plant"}}, KEY),
-                          seal(t, {"id": "r2:5", "record": plant(5).to_dict()}, KEY),
-                          seal(t, {"id": "r1:6", "record": plant(6, "r2").to_dict()}, KEY),
-                          seal(t, {"id": "r1:7", "record": plant(7).to_dict(), "thumbnail": "!!"}, KEY)],
+            "malformed": [seal(t, {"id": f"r2:{OB}:5", "record": plant(5).to_dict()}, KEY),
+                          seal(t, {"id": "r1:5", "record": plant(5).to_dict()}, KEY)],  # no outbox id
+            "invalid": [seal(t, {"id": f"r1:{OB}:4", "record": {"kind": "plant"}}, KEY),
+                        seal(t, {"id": f"r1:{OB}:6", "record": plant(6, "r2").to_dict()}, KEY),
+                        seal(t, {"id": f"r1:{OB}:7", "record": plant(7).to_dict(), "thumbnail": "!!"}, KEY)],
         }
         for payloads in cases.values():
             for p in payloads:
                 send(r1, t, p)
         t2 = topic("r2", "plant")
-        send(r2, t2, seal(t2, {"id": "r2:1", "record": plant(1, "r2").to_dict()}, KEY))
+        send(r2, t2, seal(t2, {"id": f"r2:{OB}:1", "record": plant(1, "r2").to_dict()}, KEY))
         expected = {reason: len(p) for reason, p in cases.items()} | {"unknown_robot": 1}
         wait_for(lambda: all(st.db.rejected().get(k, 0) >= v for k, v in expected.items()), 10,
                  f"rejections {expected}")
@@ -103,7 +105,7 @@ def test_serial_forged_replayed_unknown_and_oversized_input_is_rejected(tmp_path
             data = port.read_until(b"\x00")
             return [f for f in dec.feed(data) if isinstance(f, P.Frame)]
 
-        assert P.decode_ack(exchange(_frame(P.MsgType.HELLO, 1, P.encode_hello("r1")))[0].payload) == [1]
+        assert P.decode_ack(exchange(_frame(P.MsgType.HELLO, 1, P.encode_hello("r1", bytes.fromhex(OB))))[0].payload) == [1]
         exchange(_frame(P.MsgType.SURVEY, 2, P.encode_survey(ctx)))
         exchange(_frame(P.MsgType.CLASS, 3, P.encode_class(0, "Tomato___healthy")))
         data = _frame(P.MsgType.PLANT, 10, P.encode_plant(plant(1), ctx))
@@ -112,7 +114,7 @@ def test_serial_forged_replayed_unknown_and_oversized_input_is_rejected(tmp_path
         assert exchange(data)[0].type == P.MsgType.ACK  # a replay is acknowledged again, stored once
         port.write(_frame(P.MsgType.PLANT, 11, P.encode_plant(plant(2), ctx), key=b"wrong-key-wrong-key"))
         port.write(_frame(P.MsgType.PLANT, 12, P.encode_plant(plant(3), ctx), key=None))
-        port.write(_frame(P.MsgType.HELLO, 13, P.encode_hello("r9"), robot_id="r9"))
+        port.write(_frame(P.MsgType.HELLO, 13, P.encode_hello("r9", bytes(16)), robot_id="r9"))
         port.write(os.urandom(1024 * 1024).replace(b"\x00", b"\x01") + b"\x00")  # a 1 MB "frame"
         nak = exchange(_frame(P.MsgType.PLANT, 14, P.encode_plant(plant(4, "r9"), ctx), robot_id="r9"))
         assert nak[0].type == P.MsgType.NAK and P.decode_nak(nak[0].payload) == (14, P.NakReason.UNKNOWN_ROBOT)
@@ -174,7 +176,7 @@ def test_fuzz_mqtt_payload_verifier(payload, t):
         try:
             parse_record_message(t, payload, key, frozenset({"r1"}))
         except MessageError as e:
-            assert e.reason in {"too_large", "bad_topic", "unknown_robot", "bad_hmac", "malformed"}
+            assert e.reason in {"too_large", "bad_topic", "unknown_robot", "bad_hmac", "malformed", "invalid"}
 
 
 @fuzz_settings(400)  # structured JSON is slow to generate
