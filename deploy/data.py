@@ -12,11 +12,12 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from training.data import ImageReadError, Sample, default_data_dir, sample_image
+from training.data import REPO_ROOT, ImageReadError, Sample, default_data_dir, sample_image
 from training.split import Split, SplitError, load_split
 from vision import PreprocessSpec
 
@@ -42,23 +43,38 @@ def split_beside(checkpoint: str | os.PathLike) -> Path:
     return path
 
 
-def _roots_to_try(recorded: Path, data: str | os.PathLike | None) -> list[Path]:
-    if data is not None:
-        return [Path(data)]
+def _candidates(name: str, recorded: Path, index: int, data: list[Path]) -> list[Path]:
+    """Folders that may hold source ``name`` now: a --data folder of that name, the only
+    --data folder (one source), the recorded root, the shared data folder, the default."""
+    out = [d for d in data if d.name == name]
+    if len(data) == 1 and index == 0:
+        out.append(data[0])
+    out.append(recorded)
+    shared = REPO_ROOT.parent / "shared" / "data" / name
+    out.append(shared)
     fallback = default_data_dir()
-    return [recorded] + ([fallback] if fallback is not None and Path(fallback) != recorded else [])
+    if index == 0 and fallback is not None:
+        out.append(Path(fallback))
+    seen, unique = set(), []
+    for p in out:
+        if p not in seen:
+            seen.add(p)
+            unique.append(p)
+    return unique
 
 
 def resolve_split(
     manifest_path: str | os.PathLike,
     *,
-    data: str | os.PathLike | None = None,
+    data: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     expected_sha256: str | None = None,
     classes: list[str] | None = None,
 ) -> Split:
-    """Load a split manifest, check it is the expected one, and point it at a folder that has the images.
+    """Load a split manifest, check it is the expected one, and point each source at a folder that has its images.
 
-    Tries ``data`` when given, else the recorded root, then ``default_data_dir()``.
+    For each source tries a ``data`` folder of the same name (or the only one, for a
+    one-source split), the recorded root, ``../shared/data/NAME`` beside the checkout,
+    then ``default_data_dir()``.
     """
     try:
         split = load_split(manifest_path)
@@ -70,16 +86,24 @@ def resolve_split(
         )
     if classes is not None and list(split.classes) != list(classes):
         raise DeployDataError(f"{manifest_path} lists classes {split.classes}, the model has {classes}")
-    tried = []
-    for root in _roots_to_try(split.root, data):
-        probe = next((s for s, _ in split.items), None)
-        if probe is not None and (root / probe.path.relative_to(split.root)).is_file():
-            return load_split(manifest_path, root=root) if root != split.root else split
-        tried.append(str(root))
-    raise DeployDataError(
-        f"the images listed in {manifest_path} are not under {' or '.join(tried)}; "
-        "pass --data DIR pointing at the data folder (Crop___Disease/ sub-folders)"
-    )
+    dirs = [] if data is None else [Path(data)] if isinstance(data, (str, os.PathLike)) else [Path(d) for d in data]
+    roots, names, recorded = {}, split.source_names(), split.source_roots()
+    for i, (name, root) in enumerate(zip(names, recorded)):
+        probe = next((s for s, _ in split.items if s.source == i), None)
+        tried = []
+        for cand in _candidates(name, root, i, dirs):
+            if probe is None or (cand / probe.path.relative_to(root)).is_file():
+                roots[name] = cand
+                break
+            tried.append(str(cand))
+        else:
+            raise DeployDataError(
+                f"the images of source {name!r} listed in {manifest_path} are not under {' or '.join(tried)}; "
+                "pass --data DIR pointing at that data folder"
+            )
+    if split.sources:
+        return load_split(manifest_path, roots=roots)
+    return load_split(manifest_path, root=roots[names[0]]) if roots[names[0]] != split.root else split
 
 
 def write_bundle_split(split_manifest: str | os.PathLike, bundle_dir: Path) -> Path:
@@ -94,7 +118,7 @@ def read_bundle_split(
     bundle_dir: str | os.PathLike,
     expected_sha256: str | None,
     *,
-    data: str | os.PathLike | None = None,
+    data: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     classes: list[str] | None = None,
 ) -> Split:
     """The split stored in a bundle, re-pointed at the data folder (see ``resolve_split``)."""

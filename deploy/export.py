@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from training.checkpoint import checkpoint_preprocess, file_sha256, leafscout_version, load_checkpoint
-from training.metrics import classification_metrics
+from training.metrics import classification_metrics, health_metrics
 from vision import count_macs, count_params
 from vision.bundle import FORMAT, FP32_NAME, INT8_NAME, load_bundle, softmax
+from vision.taxonomy import Taxonomy
 
 from .data import BUNDLE_SPLIT_NAME, load_images, pick_calibration, resolve_split, split_beside, write_bundle_split
 from .errors import BundleExistsError, ParityError
@@ -58,8 +59,33 @@ def _versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__}
 
 
-def _metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str], temperature: float) -> dict[str, Any]:
-    return classification_metrics(labels, softmax(logits, temperature), classes)
+def _metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str], temperature: float,
+             calibration: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Class metrics, plus the robot's health decisions for a model that decides on health."""
+    probs = softmax(logits, temperature)
+    m = classification_metrics(labels, probs, classes)
+    cal = calibration or {}
+    if cal.get("decide_on") == "health":
+        m.update(health_metrics(labels, probs, Taxonomy.from_names(classes),
+                                abstain_below=float(cal.get("abstain_below") or 0.0),
+                                ood_below=float(cal.get("ood_below") or 0.0)))
+    return m
+
+
+def _per_source(logits: np.ndarray, labels: np.ndarray, sources: np.ndarray, names: list[str], classes: list[str],
+                temperature: float, calibration: dict[str, Any] | None) -> dict[str, Any]:
+    """Headline metrics per source of the split (only when there are several)."""
+    if len(names) < 2:
+        return {}
+    keep = ("n", "top1", "macro_f1", "ece", "health_accuracy", "false_alarm_rate", "miss_rate", "coverage",
+            "crop_accuracy", "background_called_plant")
+    out = {}
+    for i, name in enumerate(names):
+        sel = sources == i
+        if sel.any():
+            m = _metrics(logits[sel], labels[sel], classes, temperature, calibration)
+            out[name] = {k: m[k] for k in keep if k in m}
+    return out
 
 
 # Weight ranges tried for int8; the more accurate one is kept. 7-bit weights avoid the int16
@@ -98,9 +124,12 @@ def _manifest(
 ) -> dict[str, Any]:
     spec = checkpoint_preprocess(ckpt)
     classes = list(ckpt["classes"])
+    taxonomy = Taxonomy.from_names(classes)
     manifest = {
         "format": FORMAT,
         "classes": classes,
+        "taxonomy": taxonomy.to_json(),
+        "background_class": None if taxonomy.background_index is None else classes[taxonomy.background_index],
         "preprocess": spec.to_json(),
         "input": {"name": INPUT_NAME, "dtype": "float32", "layout": "NCHW", "shape": ["N", 3, *spec.size]},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["N", len(classes)]},
@@ -109,7 +138,8 @@ def _manifest(
         "metrics": {"split": split, **metrics},
         "parity": parity.to_json(),
         "quantization": quantization,
-        "provenance": {"checkpoint": str(checkpoint.resolve()), "checkpoint_sha256": file_sha256(checkpoint),
+        # No absolute path: a bundle is shipped to other machines (the checkpoint is named by its hash).
+        "provenance": {"checkpoint": checkpoint.name, "checkpoint_sha256": file_sha256(checkpoint),
                        "epoch": ckpt.get("epoch"), "split_manifest_sha256": split_sha256, "split_file": BUNDLE_SPLIT_NAME,
                        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions()},
     }
@@ -160,7 +190,10 @@ def export_bundle(
     temperature = float((ckpt.get("calibration") or {}).get("temperature") or 1.0)
     split_path = split_beside(checkpoint)
     data_split = resolve_split(split_path, data=data, expected_sha256=ckpt.get("split_manifest_sha256"), classes=classes)
-    x, y = load_images(data_split.samples(split), spec, desc=f"{split} images")
+    eval_samples = data_split.samples(split)
+    x, y = load_images(eval_samples, spec, desc=f"{split} images")
+    sources = np.array([s.source for s in eval_samples], np.int64)
+    calibration = ckpt.get("calibration")
     folded = fold_batchnorm(model)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -186,8 +219,13 @@ def export_bundle(
                         "calibration_split": "train", "calibrate_method": calibration_method,
                         "calibration_images": calibration_images if int8 else 0,
                         "gate": None if gate is None else gate.to_json()}
-        metrics = {"fp32": _metrics(fp32, y, classes, temperature),
-                   "int8": None if int8_logits is None else _metrics(int8_logits, y, classes, temperature)}
+        metrics = {"fp32": _metrics(fp32, y, classes, temperature, calibration),
+                   "int8": None if int8_logits is None else _metrics(int8_logits, y, classes, temperature, calibration)}
+        shipped = fp32 if int8_logits is None else int8_logits
+        per_source = _per_source(shipped, y, sources, data_split.source_names(), classes, temperature, calibration)
+        if per_source:
+            metrics["per_source"] = per_source
+            metrics["per_source_model"] = FP32_NAME if int8_logits is None else INT8_NAME
         write_bundle_split(split_path, tmp)
         manifest = _manifest(checkpoint, ckpt, folded, data_split.sha256, split, metrics, parity, quantization)
         manifest = write_manifest(tmp, manifest, extra_files=(BUNDLE_SPLIT_NAME,), sign_key=sign_key)

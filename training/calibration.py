@@ -37,6 +37,9 @@ __all__ = [
     "reliability_bins",
     "plot_reliability",
     "calibrate_checkpoint",
+    "calibrate_field",
+    "choose_health_threshold",
+    "choose_ood_threshold",
 ]
 
 log = logging.getLogger(__name__)
@@ -328,4 +331,117 @@ def calibrate_checkpoint(
     log.info("%s: T = %.3f, ECE %.2f%% -> %.2f%% on %s; abstain below %.4f (precision %s, coverage %.1f%%)",
              ckpt_path, t, 100 * result["ece_before"], 100 * result["ece_after"], split, threshold.threshold,
              threshold.precision, 100 * threshold.coverage)
+    return result
+
+
+# -- field models: decide on health, abstain when unsure, refuse what is not a leaf ---------
+def choose_health_threshold(group_p: np.ndarray, correct: np.ndarray, target_accuracy: float,
+                            min_coverage: float) -> tuple[float, bool]:
+    """The smallest threshold on the winning health group's probability whose accepted leaves
+    reach ``target_accuracy``; if that keeps fewer than ``min_coverage`` of them, the threshold
+    that keeps exactly ``min_coverage`` instead (``target_met`` False)."""
+    order = np.argsort(-group_p, kind="stable")
+    conf, ok = group_p[order], correct[order].astype(np.float64)
+    n = len(conf)
+    if n == 0:
+        raise CalibrationError("no leaves to choose a health threshold on")
+    acc = np.cumsum(ok) / np.arange(1, n + 1)
+    last_of_tie = np.r_[conf[1:] != conf[:-1], True]
+    meets = np.flatnonzero(last_of_tie & (acc >= target_accuracy - 1e-12))
+    k_min = max(0, int(np.ceil(min_coverage * n)) - 1)
+    if len(meets) and meets[-1] >= k_min:
+        return float(conf[meets[-1]]), True
+    return float(conf[k_min]), False
+
+
+def choose_ood_threshold(best_p_neg: np.ndarray, plant_neg: np.ndarray, max_called_plant: float) -> float:
+    """The smallest max-probability floor under which at most ``max_called_plant`` of the
+    negatives are still decided as plants (0 when they already are)."""
+    if len(best_p_neg) == 0 or plant_neg.mean() <= max_called_plant:
+        return 0.0
+    cands = np.unique(best_p_neg[plant_neg])
+    for t in np.r_[cands, 1.0]:
+        if (plant_neg & (best_p_neg >= t)).mean() <= max_called_plant:
+            return float(t)
+    return 1.0
+
+
+def calibrate_field(
+    ckpt_path: str | os.PathLike,
+    *,
+    data: Any = None,
+    target_health_accuracy: float = 0.92,
+    min_coverage: float = 0.85,
+    max_negatives_called_plant: float = 0.04,
+    n_bins: int = 15,
+) -> dict[str, Any]:
+    """Calibrate a model with a ``background`` class on the *field* validation data.
+
+    Fitted only on the validation part of the split's box sources (leaves and
+    background in real surroundings): temperature (NLL), the health abstain threshold
+    (``choose_health_threshold``) and the out-of-distribution floor on the best class
+    probability, chosen on the validation negatives (``choose_ood_threshold``). The test
+    part is never looked at here. Writes the block into the checkpoint and returns it.
+    """
+    from deploy.data import resolve_split, split_beside
+    from vision.classifier import decide_batch
+    from vision.taxonomy import BACKGROUND, DISEASED, HEALTHY, Taxonomy
+
+    from .checkpoint import checkpoint_preprocess, load_checkpoint
+    from .evaluate import predict_probs
+    from .metrics import expected_calibration_error
+
+    ckpt_path = Path(ckpt_path)
+    model, ckpt = load_checkpoint(ckpt_path)
+    classes = list(ckpt["classes"])
+    if BACKGROUND not in classes:
+        raise CalibrationError(f"{ckpt_path} has no {BACKGROUND!r} class: use the class calibration")
+    split = resolve_split(split_beside(ckpt_path), data=data, expected_sha256=ckpt.get("split_manifest_sha256"),
+                          classes=classes)
+    kinds = [src.get("kind", "folder") for src in (split.sources or [{}])]
+    field = [s for s in split.samples("val") if kinds[s.source] == "boxes"]
+    if not field:
+        raise CalibrationError(f"{ckpt_path}: the split has no validation samples from box folders (field photos)")
+    y, probs = predict_probs(model, checkpoint_preprocess(ckpt), field)
+    logits = _log_probs(probs)
+    t = fit_temperature(logits, y)
+    cal = softmax(logits, t)
+    taxonomy = Taxonomy.from_names(classes)
+    bg = taxonomy.background_index
+    leaf = y != bg
+    groups = taxonomy.group_probs(cal)
+    g = groups.argmax(1)
+    true_g = np.array([Taxonomy.group_names().index(taxonomy.health_of(int(i))) for i in y])
+    threshold, met = choose_health_threshold(groups.max(1)[leaf], (g == true_g)[leaf], target_health_accuracy,
+                                             min_coverage)
+    _, _, health, _ = decide_batch(cal[~leaf], taxonomy, abstain_below=threshold, on_health=True)
+    ood = choose_ood_threshold(cal[~leaf].max(1), np.isin(health, [HEALTHY, DISEASED]), max_negatives_called_plant)
+    from .metrics import health_metrics
+
+    after = health_metrics(y, cal, taxonomy, abstain_below=threshold, ood_below=ood)
+    result: dict[str, Any] = {
+        "temperature": t,
+        "abstain_below": threshold,
+        "ood_below": ood,
+        "ood_score": "max_probability",
+        "decide_on": "health",
+        "fit_split": "val",
+        "fit_sources": sorted({split.source_names()[s.source] for s in field}),
+        "n_fit": int(len(y)),
+        "n_bins": n_bins,
+        "ece_before": expected_calibration_error(y, probs, n_bins),
+        "ece_after": expected_calibration_error(y, cal, n_bins),
+        "target_health_accuracy": target_health_accuracy,
+        "min_coverage": min_coverage,
+        "target_met": met,
+        "max_negatives_called_plant": max_negatives_called_plant,
+        "val": {k: after[k] for k in ("coverage", "health_accuracy", "false_alarm_rate", "miss_rate",
+                                      "background_called_plant")},
+    }
+    plot_reliability([("field val, before (T = 1)", reliability_bins(probs, y, n_bins)),
+                      (f"field val, after (T = {t:.2f})", reliability_bins(cal, y, n_bins))],
+                     ckpt_path.with_name("reliability.png"), title=f"{ckpt_path.name}: temperature scaling on field data")
+    _rewrite_calibration(ckpt_path, result)
+    log.info("%s: T = %.3f, field-val ECE %.2f%% -> %.2f%%; health abstain below %.3f, OOD below %.3f: %s",
+             ckpt_path, t, 100 * result["ece_before"], 100 * result["ece_after"], threshold, ood, result["val"])
     return result

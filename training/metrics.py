@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["classification_metrics", "expected_calibration_error", "confusion_matrix"]
+__all__ = ["classification_metrics", "expected_calibration_error", "confusion_matrix", "health_metrics"]
 
 
 def _check(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,4 +76,48 @@ def classification_metrics(
             for i, name in enumerate(classes)
         },
         "confusion": cm.tolist(),
+    }
+
+
+def health_metrics(y_true: np.ndarray, probs: np.ndarray, taxonomy: Any, *, abstain_below: float = 0.0,
+                   ood_below: float = 0.0, on_health: bool = True) -> dict[str, Any]:
+    """What the robot's decisions (``vision.classifier.decide_batch``) are worth on labelled crops.
+
+    On plant leaves (label not ``background``): ``coverage`` = share not abstained
+    (uncertain); among covered leaves, ``health_accuracy`` = share whose decided health
+    is right (a leaf called background is wrong), ``false_alarm_rate`` = healthy leaves
+    called diseased / covered healthy leaves, ``miss_rate`` = diseased leaves called
+    healthy or background / covered diseased leaves, ``crop_accuracy`` = share whose
+    class names the right crop. On background crops: ``background_called_plant`` =
+    share decided healthy or diseased. Counts come with every rate.
+    """
+    from vision.classifier import decide_batch
+    from vision.taxonomy import BACKGROUND, DISEASED, HEALTHY, UNCERTAIN
+
+    y, p = _check(y_true, probs)
+    index, _, health, _ = decide_batch(p, taxonomy, abstain_below=abstain_below, ood_below=ood_below,
+                                       on_health=on_health)
+    true_health = np.array([taxonomy.health_of(int(i)) for i in y], dtype=object)
+    leaf = true_health != BACKGROUND
+    covered = leaf & (health != UNCERTAIN)
+    plant_called = np.isin(health, [HEALTHY, DISEASED])
+
+    def rate(num: np.ndarray, den: np.ndarray) -> float | None:
+        return float(num.sum() / den.sum()) if den.sum() else None
+
+    crops = np.array([taxonomy.crop_of(int(i)) or "" for i in range(len(taxonomy))], dtype=object)
+    right_crop = covered & (index >= 0) & (crops[np.maximum(index, 0)] == crops[y])
+    healthy_cov, diseased_cov = covered & (true_health == HEALTHY), covered & (true_health == DISEASED)
+    return {
+        "n_leaves": int(leaf.sum()),
+        "n_background": int((~leaf).sum()),
+        "coverage": rate(covered, leaf),
+        "health_accuracy": rate(covered & (health == true_health), covered),
+        "false_alarm_rate": rate(healthy_cov & (health == DISEASED), healthy_cov),
+        "miss_rate": rate(diseased_cov & np.isin(health, [HEALTHY, BACKGROUND]), diseased_cov),
+        "crop_accuracy": rate(right_crop, covered),
+        "leaves_called_background": rate(leaf & (health == BACKGROUND), leaf),
+        "background_called_plant": rate(~leaf & plant_called, ~leaf),
+        "n_healthy_covered": int(healthy_cov.sum()),
+        "n_diseased_covered": int(diseased_cov.sum()),
     }

@@ -138,7 +138,7 @@ def _parse_label_file(path: Path, n_classes: int, skipped: list[tuple[str, str]]
             skipped.append((where, f"box needs finite centre and positive size, got {cx} {cy} {w} {h}"))
             continue
         x0, y0, x1, y1 = max(0.0, cx - w / 2), max(0.0, cy - h / 2), min(1.0, cx + w / 2), min(1.0, cy + h / 2)
-        if (x1 - x0) * (y1 - y0) < MIN_BOX_AREA:
+        if x1 <= x0 or y1 <= y0 or (x1 - x0) * (y1 - y0) < MIN_BOX_AREA:
             skipped.append((where, f"box {cx} {cy} {w} {h} lies outside the image (or is too small once clipped)"))
             continue
         boxes.append((cls, (x0, y0, x1, y1)))
@@ -273,7 +273,9 @@ def scan_sources(roots: Sequence[str | os.PathLike], *, negatives_per_photo: int
     if len(classes) < 2:
         raise SourceError(f"the sources {[str(r) for r in roots]} hold fewer than two classes: {classes}")
     index = {c: i for i, c in enumerate(classes)}
-    samples = [Sample(p, index[c], g, box, si) for si, items in enumerate(raw) for p, c, g, box in items]
+    # Boxes rounded as the split manifest stores them, so a re-read split is the same samples.
+    rounded = lambda b: None if b is None else tuple(round(float(v), 6) for v in b)  # noqa: E731
+    samples = [Sample(p, index[c], g, rounded(box), si) for si, items in enumerate(raw) for p, c, g, box in items]
     counts = {info.name: sum(1 for s in samples if s.source == i) for i, info in enumerate(infos)}
     log.info("%d sources %s: %d samples in %d classes", len(infos), counts, len(samples), len(classes))
     return Dataset(root=roots[0], classes=classes, samples=samples, bad_files=bad, sources=infos)

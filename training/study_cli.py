@@ -84,6 +84,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="re-point the run's split.json at this copy of the images (default: where it was trained)")
     p.add_argument("--split", default="val", choices=("train", "val", "test"),
                    help="split to fit on (default val; test is for reporting only)")
+    p.add_argument("--target-health-accuracy", type=_probability, default=0.92,
+                   help="field models (with a background class): health accuracy wanted on decided field "
+                        "validation leaves (default 0.92)")
+    p.add_argument("--min-coverage", type=_probability, default=0.85,
+                   help="field models: never abstain on more than 1 - this of the field validation leaves (default 0.85)")
+    p.add_argument("--max-negatives-plant", type=_probability, default=0.04,
+                   help="field models: at most this share of validation background crops may be decided as a "
+                        "plant; sets the out-of-distribution floor (default 0.04)")
     p.add_argument("--json", action="store_true", help="print the calibration block as JSON")
     p.set_defaults(func=_calibrate)
 
@@ -119,6 +127,10 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     report = "test" if args.split != "test" else None
     try:
+        from .checkpoint import read_checkpoint
+
+        if "background" in read_checkpoint(args.checkpoint)["classes"]:
+            return _calibrate_field(args)
         result = calibrate_checkpoint(args.checkpoint, args.target_precision, args.split, data=args.data,
                                       report_split=report)
     except (ValueError, CheckpointError, FileNotFoundError) as e:
@@ -139,6 +151,26 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(f"ECE ({report})       {100 * r['ece_before']:.2f}% -> {100 * r['ece_after']:.2f}%")
         print(f"{report} accepted    precision {'-' if rp is None else f'{100 * rp:.2f}%'}, "
               f"coverage {100 * r['coverage']:.1f}%")
+    print(f"wrote {args.checkpoint} (calibration block) and {args.checkpoint.with_name('reliability.png')}")
+    return 0
+
+
+def _calibrate_field(args: argparse.Namespace) -> int:
+    from .calibration import calibrate_field
+
+    result = calibrate_field(args.checkpoint, data=args.data, target_health_accuracy=args.target_health_accuracy,
+                             min_coverage=args.min_coverage, max_negatives_called_plant=args.max_negatives_plant)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    v = result["val"]
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    print(f"temperature      {result['temperature']:.4f}  (fitted on field validation: {', '.join(result['fit_sources'])})")
+    print(f"ECE (field val)  {100 * result['ece_before']:.2f}% -> {100 * result['ece_after']:.2f}%")
+    print(f"abstain_below    {result['abstain_below']:.4f}  (health; val coverage {pct(v['coverage'])}, health accuracy "
+          f"{pct(v['health_accuracy'])}, false alarms {pct(v['false_alarm_rate'])}"
+          f"{'' if result['target_met'] else ', TARGET NOT MET'})")
+    print(f"ood_below        {result['ood_below']:.4f}  (val background decided as a plant: {pct(v['background_called_plant'])})")
     print(f"wrote {args.checkpoint} (calibration block) and {args.checkpoint.with_name('reliability.png')}")
     return 0
 

@@ -7,6 +7,7 @@ model has to look at the lesions' kind, not merely whether something brown is th
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["SYNTHETIC_CLASSES", "draw_leaf", "generate_dataset"]
+__all__ = ["SYNTHETIC_CLASSES", "draw_leaf", "generate_dataset", "generate_box_folder"]
 
 log = logging.getLogger(__name__)
 
@@ -142,4 +143,47 @@ def generate_dataset(
             if not cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 92]):
                 raise OSError(f"could not write {path}")
     log.info("wrote %d synthetic leaves in %d classes to %s", per_class * len(SYNTHETIC_CLASSES), len(SYNTHETIC_CLASSES), out)
+    return out
+
+
+def generate_box_folder(
+    out_dir: str | os.PathLike, photos: int = 40, size: int = 192, leaves: tuple[int, int] = (1, 3), seed: int = 0
+) -> Path:
+    """Write a box folder (images/, labels/ in YOLO form, classes.txt, name_map.json) of synthetic
+    leaves lying on drawn soil: field photos for tests and for ``make demo`` without real data.
+
+    Class names are field-style (``leaf blight``), joined to ``Leaf___blight`` by the name map,
+    as PlantDoc joins PlantVillage. A photo in ten has no leaf at all (an empty label file).
+    """
+    from .augment import random_background
+
+    if photos < 1:
+        raise ValueError(f"photos must be >= 1, got {photos}")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "labels").mkdir(parents=True, exist_ok=True)
+    names = [f"leaf {cls.split('___')[1]}" for cls in SYNTHETIC_CLASSES]
+    (out / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    (out / "name_map.json").write_text(json.dumps(dict(zip(names, SYNTHETIC_CLASSES)), indent=1), encoding="utf-8")
+    rng = np.random.default_rng(seed)
+    for i in range(photos):
+        img = random_background(rng, size, size)
+        lines = []
+        n = 0 if i % 10 == 9 else int(rng.integers(leaves[0], leaves[1] + 1))
+        for _ in range(n):
+            c = int(rng.integers(len(SYNTHETIC_CLASSES)))
+            side = int(rng.integers(size // 4, size // 2))
+            leaf, mask = draw_leaf(rng, SYNTHETIC_CLASSES[c], side)
+            x0, y0 = (int(v) for v in rng.integers(0, size - side, 2))
+            region = img[y0 : y0 + side, x0 : x0 + side]
+            region[mask > 0] = leaf[mask > 0]
+            ys, xs = np.nonzero(mask)
+            bx0, bx1, by0, by1 = x0 + xs.min(), x0 + xs.max() + 1, y0 + ys.min(), y0 + ys.max() + 1
+            lines.append(f"{c} {(bx0 + bx1) / 2 / size:.6f} {(by0 + by1) / 2 / size:.6f} "
+                         f"{(bx1 - bx0) / size:.6f} {(by1 - by0) / size:.6f}")
+        stem = f"field photo {seed:03d}-{i:04d}"
+        if not cv2.imwrite(str(out / "images" / f"{stem}.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 90]):
+            raise OSError(f"could not write {out / 'images' / stem}.jpg")
+        (out / "labels" / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+    log.info("wrote %d synthetic field photos with leaf boxes to %s", photos, out)
     return out
