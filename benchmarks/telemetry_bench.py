@@ -6,6 +6,9 @@ Cases: ``frames`` (20,000 frames, garbage bursts before 5%, a flipped bit in 1%)
 ``serial`` (115200 baud over a pty: offered 92% and 120% of the budget), ``outage``
 (broker down for an hour of records at 10/s: 36,000 records, then drain), ``kill9``
 (broker killed with -9 mid-burst of 10,000), ``crash`` (200 SIGKILLs of a writer),
+``run_crash`` (200 SIGKILLs of ``leafscout run`` while it counts plants, every counted
+plant at the station; the test suite kills it 25 times), ``isolation`` (the hypothesis
+property "no valid record near an invalid one is lost" with 20,000 batches),
 ``submit`` (camera-loop cost of ``submit``), ``fuzz`` (10,000 random inputs per
 decoder/parser via the hypothesis tests).
 """
@@ -33,7 +36,7 @@ from robot.serial_link import BITS_PER_BYTE, SerialLink  # noqa: E402
 from robot.telemetry import Telemetry  # noqa: E402
 from station.db import open_db  # noqa: E402
 from station.receiver import Station  # noqa: E402
-from telemetry_faults import crash_loop, decode_stream, fault_stream, wait_for  # noqa: E402
+from telemetry_faults import crash_loop, decode_stream, fault_stream, run_kill_loop, wait_for  # noqa: E402
 
 T0 = 1_780_000_000.0
 log = logging.getLogger("telemetry_bench")
@@ -190,6 +193,24 @@ def bench_crash(tmp: Path, kills: int = 200) -> dict:
     return {**result, "lost": 0, "seconds": round(time.monotonic() - t, 1)}
 
 
+def bench_run_crash(tmp: Path, kills: int = 200) -> dict:
+    t = time.monotonic()
+    d = tmp / "run_crash"
+    d.mkdir()
+    result = run_kill_loop(d, kills=kills, seed=2026)
+    return {**result, "lost": 0, "seconds": round(time.monotonic() - t, 1)}
+
+
+def bench_isolation(examples: int = 20_000) -> dict:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "property",
+           "tests/test_isolation.py"]
+    t = time.monotonic()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "LEAFSCOUT_FUZZ_EXAMPLES": str(examples)})
+    return {"batches": examples, "returncode": proc.returncode,
+            "summary": proc.stdout.strip().splitlines()[-1], "seconds": round(time.monotonic() - t, 1)}
+
+
 def bench_submit(tmp: Path, n: int = 2_000, rate: float = 100.0) -> dict:
     """submit() latency at 100 records/s (10x the field rate) while the writer fsyncs."""
     recs = plants(n)
@@ -229,7 +250,8 @@ def bench_fuzz(examples: int = 10_000) -> dict:
 
 
 CASES = {"frames": lambda tmp: bench_frames(), "serial": bench_serial, "outage": bench_outage,
-         "kill9": bench_kill9, "crash": bench_crash, "submit": bench_submit, "fuzz": lambda tmp: bench_fuzz()}
+         "kill9": bench_kill9, "crash": bench_crash, "run_crash": bench_run_crash,
+         "isolation": lambda tmp: bench_isolation(), "submit": bench_submit, "fuzz": lambda tmp: bench_fuzz()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,10 +76,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     link = p.add_argument_group("telemetry (records go through a durable outbox to the station)")
     link.add_argument("--serial", default=None, help="telemetry radio/serial port URL (/dev/ttyUSB0, socket://h:p, a pty)")
     link.add_argument("--serial-baud", type=int, default=115200, help="telemetry serial speed (default 115200)")
-    link.add_argument("--mqtt", default=None, help="telemetry MQTT broker URL mqtt://user:pass@host:port")
-    link.add_argument("--outbox", type=Path, default=Path("outbox.db"),
-                      help="telemetry outbox SQLite file (default outbox.db; used with --serial or --mqtt)")
-    link.add_argument("--hmac-key-file", type=Path, default=None, help="file with the HMAC key shared with the station")
+    link.add_argument("--mqtt", default=None,
+                      help="telemetry MQTT broker URL mqtt://user@host:port (password: --password-file or "
+                      "$LEAFSCOUT_MQTT_PASSWORD, never on the command line)")
+    link.add_argument("--password-file", type=Path, default=None, help="file with this robot's MQTT password")
+    link.add_argument("--state-dir", type=Path, default=None,
+                      help="the robot's state directory, home of its outbox (default $LEAFSCOUT_STATE_DIR/ROBOT, "
+                      "else ~/.local/state/leafscout/ROBOT)")
+    link.add_argument("--outbox", type=Path, default=None,
+                      help="telemetry outbox SQLite file (default: outbox.db in the state directory)")
+    link.add_argument("--outbox-limit", type=int, default=100_000,
+                      help="records the outbox holds at most; beyond it the oldest heartbeats, then plants, then row "
+                      "summaries are dropped, counted and reported in heartbeats (default 100000)")
+    link.add_argument("--hmac-key-file", type=Path, default=None,
+                      help="this robot's HMAC key file (leafscout keys new ROBOT at the station)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--live", dest="live", action="store_true", default=None,
                       help="process the newest frame, dropping frames when behind (default for cameras)")
@@ -99,12 +109,24 @@ def build_sinks(args: argparse.Namespace, stack: Any) -> list[Any]:
     """
     if not (args.serial or args.mqtt):
         return []
-    from .telemetry import open_sinks, read_key
+    from .outbox import OutboxError
+    from .records import RecordError, check_id
+    from .serial_link import SerialLinkError
+    from .telemetry import TelemetryError, open_sinks, read_key, read_password
 
-    return stack.enter_context(open_sinks(
-        serial=args.serial, mqtt=args.mqtt, outbox_path=args.outbox, robot_id=args.robot_id,
-        hmac_key=read_key(args.hmac_key_file), baudrate=args.serial_baud,
-    ))
+    try:  # ids the station would refuse: fail now, not one dropped record at a time
+        check_id("--robot-id", args.robot_id)
+        check_id("--survey", args.survey)
+    except RecordError as e:
+        raise TelemetryError(str(e)) from None
+    try:
+        return stack.enter_context(open_sinks(
+            serial=args.serial, mqtt=args.mqtt, outbox_path=args.outbox, robot_id=args.robot_id,
+            hmac_key=read_key(args.hmac_key_file), baudrate=args.serial_baud, max_records=args.outbox_limit,
+            state_dir=args.state_dir, mqtt_password=read_password(args.password_file),
+        ))
+    except (ValueError, OutboxError, SerialLinkError) as e:  # a bad limit, broker URL (redacted), port setting
+        raise TelemetryError(str(e)) from None
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -33,9 +33,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import paho.mqtt.client as mqtt
 
 from robot.outbox import Outbox, OutboxItem
+from robot.ratelimit import RateLimitedLog
 from robot.telemetry import LinkWorker
 
 log = logging.getLogger(__name__)
+_limited = RateLimitedLog(log)
 
 TOPIC_ROOT = "leafscout"
 DATA_KINDS = ("plant", "row", "heartbeat")
@@ -65,8 +67,9 @@ class BrokerSettings:
     ca_file: str | None = None
 
 
-def parse_mqtt_url(url: str) -> BrokerSettings:
-    """``mqtt://user:pass@host:1883`` or ``mqtts://user:pass@host:8883?ca=/path/ca.pem``."""
+def parse_mqtt_url(url: str, password: str | None = None) -> BrokerSettings:
+    """``mqtt://user@host:1883`` or ``mqtts://user@host:8883?ca=/path/ca.pem``; ``password``
+    (from a file or the environment) replaces one in the URL (visible in /proc: avoid)."""
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "mqtts"):
         raise MqttLinkError(f"broker URL {redact_url(url)!r}: scheme must be mqtt:// or mqtts://")
@@ -78,8 +81,10 @@ def parse_mqtt_url(url: str) -> BrokerSettings:
     except ValueError as e:
         raise MqttLinkError(f"broker URL {redact_url(url)!r}: {e}") from e
     ca = parse_qs(parts.query).get("ca", [None])[0]
+    if password is None and parts.password:
+        password = unquote(parts.password)
     return BrokerSettings(parts.hostname, port, unquote(parts.username) if parts.username else None,
-                          unquote(parts.password) if parts.password else None, tls, ca)
+                          password, tls, ca)
 
 
 def redact_url(url: str) -> str:
@@ -189,10 +194,10 @@ class MqttLink(LinkWorker):
     name = "mqtt"
 
     def __init__(self, url: str, robot_id: str, outbox: Outbox, key: bytes | None = None,
-                 window: int = 500, ack_timeout: float = 15.0, keepalive: int = 5):
+                 window: int = 500, ack_timeout: float = 15.0, keepalive: int = 5, password: str | None = None):
         if not 1 <= window <= 65535:
             raise MqttLinkError(f"window must be 1..65535 messages, got {window!r}")
-        self.settings = parse_mqtt_url(url)
+        self.settings = parse_mqtt_url(url, password)
         self.robot_id, self.outbox, self.key = robot_id, outbox, key
         super().__init__(f"mqtt-sender-{robot_id}")
         self.window, self.ack_timeout, self.keepalive = window, ack_timeout, keepalive
@@ -228,7 +233,8 @@ class MqttLink(LinkWorker):
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.warning("broker refused connection: %s", reason_code)
+            _limited.warning("refused", "broker %s:%d refused the connection: %s", self.settings.host,
+                             self.settings.port, reason_code)
             return
         self.stats.connects += 1
         client.subscribe(topic(self.robot_id, "ack"), qos=1)
@@ -254,8 +260,9 @@ class MqttLink(LinkWorker):
         while not self._stop.is_set():
             try:
                 self._step()
-            except Exception:  # noqa: BLE001 - keep draining whatever one bad batch did
-                log.exception("mqtt link step failed")
+            except Exception as e:  # noqa: BLE001 - keep draining whatever one bad batch did (disk full...)
+                _limited.error("step", "mqtt link step failed: %s: %s", type(e).__name__, e)
+                log.debug("mqtt link step failed", exc_info=True)
                 self._stop.wait(0.5)
             self._idle(0.1)
 

@@ -36,9 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from robot.ratelimit import RateLimitedLog
 from robot.records import Heartbeat, PlantRecord, RowSummary, record_from_dict
 
 log = logging.getLogger(__name__)
+_limited = RateLimitedLog(log)
 
 Record = PlantRecord | RowSummary | Heartbeat
 
@@ -215,7 +217,8 @@ class Outbox:
             ).rowcount
             if n:
                 _bump(c, f"dropped_{kind}", n)
-                log.warning("outbox full (%d records): dropped %d oldest %s record(s)", self.max_records, n, kind)
+                _limited.warning(f"full-{kind}", "outbox full (%d records): dropped %d oldest %s record(s)",
+                                 self.max_records, n, kind)
                 excess -= n
 
     def next_seq(self) -> int:

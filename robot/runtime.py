@@ -104,6 +104,7 @@ class Runtime:
     def run(self, *, stop: threading.Event | None = None, max_frames: int | None = None) -> dict[str, Any]:
         stop = stop or threading.Event()
         self._state = self.store.open_survey(self.config.survey_id, self.config.robot_id)
+        self._recover_counted()
         self.timer.start_frame()
         while not stop.is_set() and (max_frames is None or self.frames < max_frames):
             try:
@@ -183,13 +184,13 @@ class Runtime:
                 None if where.metre is None else round(where.metre, 3), where.lat, where.lon,
             )
             state.next_plant_id += 1
-            self.store.add_plant(record)
-            state.stats.add(record)
-            self._dirty_rows.add(record.row)
             thumb = None
             if (record.diseased or record.uncertain) and track.best_crop is not None:
                 thumb = _jpeg(track.best_crop, cfg.thumbnail_px)
-            self._submit(record, thumb)
+            self._submit(record, thumb)  # queued durably first: a kill after this is repaired on restart
+            self.store.add_plant(record)
+            state.stats.add(record)
+            self._dirty_rows.add(record.row)
         t = now.t if now.t is not None else 0.0
         if self._next_summary is None or t >= self._next_summary:
             self._summaries()
@@ -210,14 +211,29 @@ class Runtime:
     def _heartbeat(self, t: float, status: str = "ok") -> None:
         w = self._last_where
         depth = sum(int(getattr(s, "queue_depth", 0) or 0) for s in self.sinks)
+        dropped = sum(int(getattr(s, "dropped", 0) or 0) for s in self.sinks)
         fps = 1000.0 / self.timer.mean_ms()["total"] if self.timer.frames else 0.0
         self._submit(Heartbeat(self.config.robot_id, float(t), depth, self.frames, round(fps, 2), status,
-                               self.config.survey_id, w.lat, w.lon, w.row, w.metre))
+                               self.config.survey_id, w.lat, w.lon, w.row, w.metre, dropped))
+
+    def _recover_counted(self) -> None:
+        """Plants a killed run queued but never wrote to the survey database (the outbox is the truth)."""
+        if not self._state.resumed:
+            return
+        for sink in self.sinks:
+            for record in getattr(sink, "counted_since", lambda *_: [])(self._state.survey_id,
+                                                                         self._state.next_plant_id):
+                self.store.add_plant(record)
+                self._state.stats.add(record)
+                self._state.next_plant_id = record.plant_id + 1
+                log.warning("recovered plant %d of survey %s from the outbox", record.plant_id, record.survey_id)
 
     def _submit(self, record: PlantRecord | RowSummary | Heartbeat, thumbnail: bytes | None = None) -> None:
         for sink in self.sinks:
             try:
-                if thumbnail is None:
+                if isinstance(record, PlantRecord) and hasattr(sink, "commit"):
+                    sink.commit([(record, thumbnail)])  # counted plants: in the outbox before we go on
+                elif thumbnail is None:
                     sink.submit(record)
                 else:
                     sink.submit(record, thumbnail=thumbnail)

@@ -29,10 +29,12 @@ import serial
 
 from robot import protocol as P
 from robot.outbox import Outbox, OutboxItem
+from robot.ratelimit import RateLimitedLog
 from robot.records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
 from robot.telemetry import LinkWorker
 
 log = logging.getLogger(__name__)
+_limited = RateLimitedLog(log)
 
 BITS_PER_BYTE = 10  # start + 8 data + stop
 BURST_BYTES = 128  # pacing slack: a UART FIFO (XBee and LoRa modems buffer 256+ bytes)
@@ -170,7 +172,7 @@ class PortReader(threading.Thread):
             return True
         except serial.SerialTimeoutException:
             self.write_timeouts += 1
-            log.warning("serial write timed out on %s (peer not reading?)", self.url)
+            _limited.warning(f"timeout {self.url}", "serial write timed out on %s (peer not reading?)", self.url)
             return False
         except (serial.SerialException, OSError, TypeError, AttributeError) as e:
             # TypeError/AttributeError: pyserial's socket:// when the reader thread closed
@@ -315,8 +317,9 @@ class SerialLink(LinkWorker):
             try:
                 if len(self._inflight) <= self.window // 2:
                     self._fill_window()
-            except Exception:  # noqa: BLE001 - a bad record must not stop the link
-                log.exception("serial link: building frames failed")
+            except Exception as e:  # noqa: BLE001 - a bad record (or a full disk) must not stop the link
+                _limited.error("build", "serial link: building frames failed: %s: %s", type(e).__name__, e)
+                log.debug("building frames failed", exc_info=True)
             due = min(self._inflight.items(), key=lambda kv: kv[1].send_at, default=None)
             now = time.monotonic()
             if due is None or due[1].send_at > now:
@@ -324,8 +327,10 @@ class SerialLink(LinkWorker):
                 continue
             try:
                 self._transmit(due[1])
-            except Exception:  # noqa: BLE001 - the sender thread must outlive any one frame
-                log.exception("serial link: sending a frame failed; retrying later")
+            except Exception as e:  # noqa: BLE001 - the sender thread must outlive any one frame
+                _limited.error("send", "serial link: sending a frame failed (%s: %s); retrying later",
+                               type(e).__name__, e)
+                log.debug("sending a frame failed", exc_info=True)
                 self._idle(0.1)
 
     def _transmit(self, entry: _InFlight) -> None:

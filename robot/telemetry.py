@@ -1,11 +1,17 @@
 """The telemetry sink: records go into the durable outbox, links drain it to the station.
 
-``Telemetry.submit(record, thumbnail)`` is what the runtime calls from the camera loop.
-It only puts the record on an in-memory queue (microseconds, never blocks); a writer
-thread commits batches to the outbox (one fsync per batch) and then wakes the links.
-A record counts as *accepted* once its batch is committed: ``on_commit`` callbacks get
-its sequence number at that moment, and ``flush()`` waits for it.  A SIGKILL loses at
-most the records still on the queue, never an accepted one.
+``Telemetry.submit(record, thumbnail)`` is what the runtime calls from the camera loop
+for row summaries and heartbeats.  It puts the record on an in-memory queue
+(microseconds); a writer thread commits batches to the outbox (one fsync per batch) and
+then wakes the links.  When the queue is full (the disk stalls) ``submit`` waits for room
+instead of dropping, with one log line a minute.  A record counts as *accepted* once its
+batch is committed: ``on_commit`` callbacks get its sequence number at that moment, and
+``flush()`` waits for it.
+
+``Telemetry.commit(items)`` is for counted plants: it writes them to the outbox in the
+caller's thread and returns once the transaction committed, so the runtime stores a
+plant in its survey database only after its record is queued for good (a SIGKILL in
+between is repaired from the outbox on restart: ``counted_since``).
 
 ``build_sinks(serial=..., mqtt=..., outbox_path=..., robot_id=...)`` builds the sink
 with its links; ``open_sinks`` is the same as a context manager.  ``python -m
@@ -26,9 +32,12 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 from robot.outbox import Outbox, OutboxStats, validate
+from robot.outbox import outbox_path as default_outbox_path
+from robot.ratelimit import RateLimitedLog
 from robot.records import Heartbeat, PlantRecord, RecordError, RowSummary
 
 log = logging.getLogger(__name__)
+_limited = RateLimitedLog(log)
 
 Record = PlantRecord | RowSummary | Heartbeat
 
@@ -92,7 +101,8 @@ class Telemetry:
         self.outbox = outbox
         self.links = list(links or [])
         self.on_commit: list[Callable[[list[int]], None]] = []
-        self.queue_overflows = 0
+        self.queue_overflows = 0  # submits that had to wait for room (nothing is dropped)
+        self.write_failures = 0  # records the outbox could not store (disk full, I/O error)
         self.invalid_records = 0
         self._batch = batch
         self._queue: queue.Queue = queue.Queue(max_queue)
@@ -108,7 +118,7 @@ class Telemetry:
         return self
 
     def submit(self, record: Record, thumbnail: bytes | None = None) -> None:
-        """Queue a record for the outbox; never blocks (a full queue drops and counts).
+        """Queue a record for the outbox; waits for room when the queue is full (never drops).
 
         The writer thread checks each record against the station's schema; one that would
         be refused (e.g. a NaN confidence) is logged, counted in ``invalid_records`` and
@@ -120,9 +130,19 @@ class Telemetry:
             self._queue.put_nowait((record, thumbnail))
         except queue.Full:
             self.queue_overflows += 1
-            if self.queue_overflows % 1000 == 1:
-                log.error("telemetry queue full (%d): %d record(s) dropped so far; is the disk stalled?",
-                          self._queue.maxsize, self.queue_overflows)
+            _limited.error("queue-full", "telemetry queue full (%d records): waiting for the outbox to catch up "
+                           "(%d waits so far); is the disk stalled?", self._queue.maxsize, self.queue_overflows)
+            self._queue.put((record, thumbnail))
+
+    def commit(self, items: list[tuple[Record, bytes | None]]) -> list[int]:
+        """Write records to the outbox now, in this thread; their seqs once committed ([] on failure)."""
+        if self._closed.is_set():
+            raise TelemetryError("commit() after close()")
+        return self._commit(list(items))
+
+    def counted_since(self, survey_id: str, plant_id: int) -> list[PlantRecord]:
+        """Plants of ``survey_id`` with id >= ``plant_id`` this outbox queued (restart repair)."""
+        return [r for _, r in self.outbox.counted_since(survey_id, plant_id)]
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far is committed to the outbox."""
@@ -135,6 +155,16 @@ class Telemetry:
 
     def stats(self) -> OutboxStats:
         return self.outbox.stats()
+
+    @property
+    def dropped(self) -> int:
+        """Records lost so far: dropped by the outbox bound or unreadable, refused by the schema
+        check, or not written (disk full).  Heartbeats carry it to the station."""
+        try:
+            outbox_drops = sum(self.outbox.stats().dropped.values())
+        except Exception:  # noqa: BLE001 - a metric must not stop the camera loop
+            outbox_drops = 0
+        return outbox_drops + self.invalid_records + self.write_failures
 
     @property
     def queue_depth(self) -> int:
@@ -200,33 +230,42 @@ class Telemetry:
         except Exception:  # noqa: BLE001 - a metric must not stop the writer
             log.debug("outbox depth unavailable", exc_info=True)
 
-    def _commit(self, items: list[tuple[Record, bytes | None]]) -> None:
+    def _commit(self, items: list[tuple[Record, bytes | None]]) -> list[int]:
         try:
             try:
                 seqs = self.outbox.put_many(items)
             except RecordError:  # rare: find the bad ones, keep the rest
                 items = [item for item in items if self._valid(item[0])]
                 seqs = self.outbox.put_many(items)
-        except Exception:  # noqa: BLE001 - a broken disk must not kill the camera loop
-            log.exception("outbox write of %d records failed; records lost", len(items))
-            return
+        except Exception as e:  # noqa: BLE001 - a broken disk must not kill the camera loop
+            self.write_failures += len(items)
+            _limited.error("write-failed", "outbox write failed (%s: %s); %d record(s) lost so far",
+                           type(e).__name__, e, self.write_failures)
+            return []
         for callback in self.on_commit:
             callback(seqs)
         for link in self.links:
             link.wake()
+        return seqs
 
 
-def build_sinks(serial: str | None = None, mqtt: str | None = None, outbox_path: str | Path = "outbox.db",
+def build_sinks(serial: str | None = None, mqtt: str | None = None, outbox_path: str | Path | None = None,
                 robot_id: str = "robot", hmac_key: bytes | None = None, baudrate: int = 115200,
-                max_records: int = 100_000, start: bool = True) -> list[Telemetry]:
-    """The robot's telemetry sinks: one outbox-backed ``Telemetry`` with the requested links."""
+                max_records: int = 100_000, start: bool = True, state_dir: str | Path | None = None,
+                mqtt_password: str | None = None) -> list[Telemetry]:
+    """The robot's telemetry sinks: one outbox-backed ``Telemetry`` with the requested links.
+
+    The outbox is ``outbox_path`` if given, else ``outbox.db`` in the robot's state directory
+    (``state_dir``, default ``robot.outbox.default_state_dir(robot_id)``).
+    """
     from robot.mqtt_link import MqttLink
     from robot.serial_link import SerialLink
 
-    outbox = Outbox(outbox_path, max_records=max_records)
+    outbox = Outbox(outbox_path if outbox_path is not None else default_outbox_path(robot_id, state_dir),
+                    max_records=max_records)
     links: list[Link] = []
     try:
-        network = MqttLink(mqtt, robot_id, outbox, key=hmac_key) if mqtt else None
+        network = MqttLink(mqtt, robot_id, outbox, key=hmac_key, password=mqtt_password) if mqtt else None
         if network is not None:
             links.append(network)
         if serial:
@@ -259,6 +298,22 @@ def read_key(path: str | Path | None) -> bytes | None:
     return key
 
 
+PASSWORD_ENV = "LEAFSCOUT_MQTT_PASSWORD"
+
+
+def read_password(path: str | Path | None = None) -> str | None:
+    """The MQTT password: from ``path`` (``--password-file``), else ``$LEAFSCOUT_MQTT_PASSWORD``,
+    else None (then a password in the URL is used, which other users can read in /proc)."""
+    import os
+
+    if path is not None:
+        pw = Path(path).read_text().strip()
+        if not pw:
+            raise TelemetryError(f"password file {str(path)!r} is empty")
+        return pw
+    return os.environ.get(PASSWORD_ENV) or None
+
+
 def synthetic_records(robot_id: str, survey_id: str, n: int, seed: int = 0, t0: float | None = None,
                       summaries: bool = True) -> Iterator[Record]:
     """Plausible records for demos and tests: plants along rows, every 50 a row summary
@@ -287,7 +342,9 @@ def synthetic_records(robot_id: str, survey_id: str, n: int, seed: int = 0, t0: 
 def main(argv: list[str] | None = None) -> int:
     """Run the robot-side telemetry alone (demo, benchmarks, crash test)."""
     ap = argparse.ArgumentParser(prog="python -m robot.telemetry", description=main.__doc__)
-    ap.add_argument("--outbox", required=True, help="outbox SQLite file")
+    ap.add_argument("--outbox", help="outbox SQLite file (default: outbox.db in the state directory)")
+    ap.add_argument("--state-dir", help="the robot's state directory (default $LEAFSCOUT_STATE_DIR/<robot>)")
+    ap.add_argument("--password-file", help=f"file with the MQTT password (else ${PASSWORD_ENV})")
     ap.add_argument("--robot-id", default="robot", help="this robot's id (MQTT user and topic)")
     ap.add_argument("--serial", help="serial port URL (/dev/ttyUSB0, socket://h:p, a pty path)")
     ap.add_argument("--baud", type=int, default=115200, help="serial baud rate the sender paces to")
@@ -307,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     (sink,) = build_sinks(serial=args.serial, mqtt=args.mqtt, outbox_path=args.outbox, robot_id=args.robot_id,
-                          hmac_key=read_key(args.hmac_key_file), baudrate=args.baud, max_records=args.max_records)
+                          hmac_key=read_key(args.hmac_key_file), baudrate=args.baud, max_records=args.max_records,
+                          state_dir=args.state_dir, mqtt_password=read_password(args.password_file))
     if args.print_committed:
         sink.on_commit.append(lambda seqs: print(*seqs, sep="\n", flush=True) if seqs else None)
     with sink:

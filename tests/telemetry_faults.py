@@ -138,3 +138,71 @@ def crash_loop(outbox: Path, kills: int, seed: int = 0) -> dict[str, int]:
         if missing:
             raise AssertionError(f"{len(missing)} accepted records lost, e.g. {sorted(missing)[:5]}")
     return {"kills": kills, "accepted": len(accepted), "integrity_ok": kills}
+
+
+# -- SIGKILL of the whole robot (`leafscout run`) at random points ------------------------
+RUN_CAMERA = "sim:rows=2,length=5,seed=4"  # ~50 plants in under a second: cheap to kill many times
+
+
+def _plants_in(db: Path) -> list[int]:
+    import sqlite3
+
+    if not db.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as c:
+            return [r[0] for r in c.execute("SELECT plant_id FROM plants WHERE survey_id='s1'")]
+    except sqlite3.Error:  # not created yet, or mid-creation
+        return []
+
+
+def _run_cmd(tty: str, state: Path, survey_db: Path, bundle: Path | None) -> list[str]:
+    cmd = [sys.executable, "-m", "leafscout", "run", "--camera", RUN_CAMERA, "--replay", "--threads", "1",
+           "--db", str(survey_db), "--survey", "s1", "--robot-id", "r1", "--serial", tty, "--state-dir", str(state)]
+    return cmd + (["--bundle", str(bundle)] if bundle else [])
+
+
+def run_kill_loop(tmp: Path, kills: int, seed: int = 0, bundle: Path | None = None) -> dict[str, int]:
+    """SIGKILL ``leafscout run`` ``kills`` times at random points while it counts plants, run it once
+    more to the end, drain its outbox; every plant in its survey database must be at the station
+    (and nothing else: the station's plants of the survey are exactly the robot's)."""
+    from station.receiver import Station
+
+    rng = random.Random(seed)
+    tty, state, survey_db = str(tmp / "tty"), tmp / "state", tmp / "survey.db"
+    killed_while_counting = 0
+    with Station(tmp / "station.db", serial=f"pty://{tty}") as st:
+        if not st.wait_connected(5):
+            raise AssertionError("the station's pty did not open")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for _ in range(kills):
+            before = len(_plants_in(survey_db))
+            proc = subprocess.Popen(_run_cmd(tty, state, survey_db, bundle), cwd=tmp, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            wait_for(lambda: len(_plants_in(survey_db)) > before or proc.poll() is not None, 60, "a counted plant")
+            threading.Event().wait(rng.uniform(0.0, 0.4))  # a random point in the counting
+            killed_while_counting += proc.poll() is None
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        subprocess.run(_run_cmd(tty, state, survey_db, bundle), cwd=tmp, env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        counted = set(_plants_in(survey_db))
+        with Outbox(state / "outbox.db") as ob:
+            check = ob.integrity_check()
+        # drain what is still queued (the runs above exit when the recording ends)
+        drain = subprocess.Popen([sys.executable, "-m", "robot.telemetry", "--state-dir", str(state), "--robot-id",
+                                  "r1", "--serial", tty, "--linger", "120"], cwd=tmp, env=env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_for(lambda: {p.plant_id for p in st.db.plants("s1")} >= counted, 120, "every counted plant")
+        finally:
+            drain.kill()
+            drain.wait()
+        at_station = {p.plant_id for p in st.db.plants("s1")}
+    if check != "ok":
+        raise AssertionError(f"outbox integrity_check: {check}")
+    missing, extra = counted - at_station, at_station - counted
+    if missing or extra:
+        raise AssertionError(f"{len(missing)} counted plants never reached the station (e.g. {sorted(missing)[:5]}); "
+                             f"{len(extra)} at the station were never counted (e.g. {sorted(extra)[:5]})")
+    return {"kills": kills, "killed_while_counting": killed_while_counting, "counted": len(counted)}
