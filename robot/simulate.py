@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from .camera import CameraError, Frame, FrameSource
+from .conditions import CONDITIONS, SPACING, ConditionError, parse_conditions
 from .gps import FieldGeometry, format_fix, write_nmea_log
 
 __all__ = [
@@ -65,8 +66,14 @@ class FieldConfig:
     # OpenCV build, less error and colour shift (measured in docs/opencv.md).
     video_quality: int = 75
     seed: int = 0
+    conditions: tuple[str, ...] = ()  # the field's hard cases (robot.conditions), e.g. ("straw", "weeds")
+    bare_share: float = 0.0  # share of each row, in its middle, with no plants (1: bare soil only)
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "conditions", parse_conditions(self.conditions))
+        except ConditionError as e:
+            raise SimulationError(str(e)) from e
         expected = {  # field -> (valid?, what is expected)
             "rows": (self.rows >= 1, ">= 1"), "row_length_m": (self.row_length_m > 0, "> 0"),
             "lines": (1 <= self.lines <= 6, "1-6"), "plant_spacing_m": (self.plant_spacing_m > 0, "> 0"),
@@ -75,6 +82,7 @@ class FieldConfig:
             "video_quality": (1 <= self.video_quality <= 100, "1-100"), "width": (self.width >= 64, ">= 64"),
             "height": (self.height >= 64, ">= 64"), "turn_frames": (self.turn_frames >= 0, ">= 0"),
             "incidence": (0 <= self.incidence[0] <= self.incidence[1] <= 1, "0 <= low <= high <= 1"),
+            "bare_share": (0 <= self.bare_share <= 1, "0-1"),
         }
         bad = [f"{k}={getattr(self, k)!r} (expected {want})" for k, (ok, want) in expected.items() if not ok]
         if bad:
@@ -93,6 +101,21 @@ class FieldConfig:
     def step_px(self) -> float:
         return self.speed_m_s / self.fps * self.px_per_m
 
+    @property
+    def spacing_m(self) -> float:
+        """Plant spacing along a line, closer under the touching/overlapping conditions."""
+        closer = [SPACING[c] * self.leaf_size_m for c in self.conditions if c in SPACING]
+        return min([self.plant_spacing_m, *closer])
+
+    def bare_stretch(self) -> tuple[float, float]:
+        """(start, end) metres of each row left without plants."""
+        share = max(self.bare_share, 1 / 3 if "bare" in self.conditions else 0.0)
+        mid = self.headland_m + self.row_length_m / 2
+        return mid - share * self.row_length_m / 2 - 1e-9, mid + share * self.row_length_m / 2 + 1e-9
+
+    def of_kind(self, kind: str) -> list:
+        return [CONDITIONS[c] for c in self.conditions if CONDITIONS[c].kind == kind]
+
     @classmethod
     def from_spec(cls, spec: str) -> tuple["FieldConfig", dict[str, str]]:
         """``rows=2,length=4,seed=1`` -> config, plus keys meant for the caller (``leaves``)."""
@@ -108,10 +131,13 @@ class FieldConfig:
             key = alias.get(key, key)
             if key in ("leaves", "split", "part"):
                 extra[key] = value
+            elif key == "conditions":  # conditions=straw+weeds ("," separates options)
+                kw[key] = value
             elif key in types and types[key] in ("int", "float"):
                 kw[key] = int(value) if types[key] == "int" else float(value)
             else:
-                known = sorted([*alias, *(k for k, t in types.items() if t in ("int", "float")), "leaves", "split", "part"])
+                known = sorted([*alias, *(k for k, t in types.items() if t in ("int", "float")), "leaves", "split", "part",
+                                "conditions"])
                 raise SimulationError(f"unknown simulator option {key!r}; known: {', '.join(known)}")
         return cls(**kw), extra
 
@@ -268,11 +294,16 @@ class FieldSimulator:
         self.plants: list[PlantTruth] = []
         self._pose: dict[int, tuple[float, float, float, LeafImage]] = {}  # id -> (dy px, size px, angle, leaf)
         gap = config.height / config.lines
+        spacing = config.spacing_m
+        bare = config.bare_stretch()
         for row in range(config.rows):
             share = rng.uniform(*config.incidence)
             for line in range(config.lines):
-                m = config.headland_m + config.leaf_size_m / 2 + line * config.plant_spacing_m / config.lines
+                m = config.headland_m + config.leaf_size_m / 2 + line * spacing / config.lines
                 while m <= config.headland_m + config.row_length_m - config.leaf_size_m / 2:
+                    if bare[0] <= m <= bare[1]:
+                        m += spacing
+                        continue
                     diseased = bool(rng.random() < share)
                     cls = str(rng.choice(leaves.diseased if diseased else leaves.healthy))
                     pool = leaves.by_class[cls]
@@ -282,17 +313,36 @@ class FieldSimulator:
                     self.plants.append(PlantTruth(pid, row, line, round(metre, 4), cls, diseased, leaf.source))
                     dy = gap * (line + 0.5) + rng.uniform(-0.03, 0.03) * gap
                     self._pose[pid] = (dy, config.leaf_px * rng.uniform(0.8, 1.0), rng.uniform(0, 360), leaf)
-                    m += config.plant_spacing_m
+                    m += spacing
         self.frames_per_row = int(math.ceil(
             (self.geometry.row_length_m * config.px_per_m - config.width) / config.step_px)) + 1
         if self.frames_per_row < 1:
             raise SimulationError("rows shorter than the camera's view; make row_length_m longer")
         self.n_frames = config.rows * self.frames_per_row + (config.rows - 1) * config.turn_frames
 
+    def _ground(self, h: int, w: int, *key: int) -> np.ndarray:
+        """Soil (of the field's texture) with what lies on it: stones, straw, weeds (no plants)."""
+        rng = np.random.default_rng([self.config.seed, *key])
+        soils = self.config.of_kind("soil")
+        ground = soils[0].apply(rng, h, w) if soils else soil_texture(rng, h, w)
+        for cond in self.config.of_kind("ground"):
+            cond.apply(rng, ground)
+        return ground
+
+    def _camera(self, frame: np.ndarray, index: int) -> np.ndarray:
+        """The frame conditions (exposure, cast, shadows, blur, noise), in the order given."""
+        camera = self.config.of_kind("frame")
+        if not camera:
+            return frame
+        rng = np.random.default_rng([self.config.seed, 5, index])
+        for cond in camera:
+            frame = cond.apply(rng, frame, index / self.config.fps)
+        return frame
+
     def _row_strip(self, row: int) -> np.ndarray:
         c = self.config
         w = int(math.ceil(self.geometry.row_length_m * c.px_per_m))
-        strip = soil_texture(np.random.default_rng([c.seed, 2, row]), c.height, w)
+        strip = self._ground(c.height, w, 2, row)
         for p in self.plants:
             if p.row == row:
                 dy, size, angle, leaf = self._pose[p.id]
@@ -318,14 +368,14 @@ class FieldSimulator:
                 frame = view if forward else view[::-1, ::-1]
                 metre = x0 / c.px_per_m + half_view
                 lat, lon = self.geometry.to_latlon(row, metre)
-                yield np.ascontiguousarray(frame), self._meta(index, row, metre, lat, lon)
+                yield self._camera(np.ascontiguousarray(frame), index), self._meta(index, row, metre, lat, lon)
                 index += 1
             if row + 1 < c.rows:  # turn on the headland: bare soil, sideways to the next row
                 end = metre
-                turn_soil = soil_texture(np.random.default_rng([c.seed, 3, row]), c.height, c.width)
+                turn_soil = self._ground(c.height, c.width, 3, row)
                 for k in range(c.turn_frames):
                     lat, lon = self.geometry.to_latlon(row + (k + 1) / (c.turn_frames + 1), end)
-                    yield turn_soil.copy(), self._meta(index, None, end, lat, lon)
+                    yield self._camera(turn_soil.copy(), index), self._meta(index, None, end, lat, lon)
                     index += 1
 
     def truth(self) -> dict[str, Any]:

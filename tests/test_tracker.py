@@ -68,7 +68,7 @@ def test_dropped_frames_keep_each_plant_one_track() -> None:
 
 def test_a_gap_longer_than_max_missed_ends_the_tracks() -> None:
     """Frames never processed (a frozen camera's repeats at the headland turn) still count as unseen."""
-    tracker = PlantTracker((W, H), TrackerConfig(max_missed=4))
+    tracker = PlantTracker((W, H), TrackerConfig(max_missed=4, min_frames=3))
     for k in range(5):
         assert tracker.update([det(320 - 10 * k, 240)], k) == []
     assert tracker.update([], 5) == []  # one frame of bare soil, then frames 6-9 never processed
