@@ -75,7 +75,9 @@ class StationProcess:
 
     def __init__(self, db: Path, *args: str):
         self.db = db
-        self.proc = subprocess.Popen([sys.executable, "-m", "leafscout.cli", "station", "--db", str(db), *args],
+        # --insecure: a bench on loopback measures throughput, not signing (the tests cover that)
+        self.proc = subprocess.Popen([sys.executable, "-m", "leafscout.cli", "station", "--insecure", "--db", str(db),
+                                      *args],
                                      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         for line in self.proc.stdout:
             if "station ready" in line:

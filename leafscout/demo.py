@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     from station.broker import Broker
 
     broker = Broker(out / "mosquitto", robots=[ROBOT_ID]).start()
+    keys = out / "keys"  # per-robot HMAC keys: the station keeps the directory, the robot its own file
+    leafscout("keys", "new", ROBOT_ID, "--dir", keys)
     station_db = out / "station.db"
     users = out / "station_users.json"
     http_port = _free_port()
@@ -118,8 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(
         [sys.executable, "-m", "leafscout", "add-user", "viewer", "--role", "viewer", "--users", users,
          "--password-stdin"], input=viewer_password.encode(), check=True)
+    # credentials from files, never on the command line (they would be readable in /proc)
     station_cmd = [
-        sys.executable, "-m", "leafscout", "station", "--mqtt", broker.url("station"),
+        sys.executable, "-m", "leafscout", "station", "--mqtt", broker.url("station", password=False),
+        "--password-file", broker.password_file("station"), "--keys", keys,
         "--serial", f"pty://{serial_link}", "--db", station_db, "--robots", ROBOT_ID,
         "--http", f"127.0.0.1:{http_port}", "--users", users,
     ]
@@ -137,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         leafscout(
             "run", "--bundle", bundle, "--camera", field / "field.avi", "--gps", field / "gps.nmea",
             "--truth", field / "truth.json", "--report", report, "--db", out / "robot.db", "--survey", SURVEY_ID, "--robot-id", ROBOT_ID,
-            "--serial", serial_link, "--mqtt", broker.url(ROBOT_ID), "--outbox", out / "outbox.db",
+            "--serial", serial_link, "--mqtt", broker.url(ROBOT_ID, password=False),
+            "--password-file", broker.password_file(ROBOT_ID), "--hmac-key-file", keys / f"{ROBOT_ID}.key",
+            "--state-dir", out / "robot_state",
         )
         robot_report = json.loads(report.read_text())
         stored = _wait_for_records(station_db, robot_report["plants"], timeout=60)

@@ -119,6 +119,9 @@ def build_sinks(args: argparse.Namespace, stack: Any) -> list[Any]:
         check_id("--survey", args.survey)
     except RecordError as e:
         raise TelemetryError(str(e)) from None
+    if args.mqtt and "@" in args.mqtt and ":" in args.mqtt.split("://", 1)[-1].split("@", 1)[0]:
+        raise TelemetryError("the --mqtt URL holds a password (readable in /proc by every user): use "
+                             "--password-file or $LEAFSCOUT_MQTT_PASSWORD")
     try:
         return stack.enter_context(open_sinks(
             serial=args.serial, mqtt=args.mqtt, outbox_path=args.outbox, robot_id=args.robot_id,

@@ -44,10 +44,19 @@ class Broker:
         self.proc: subprocess.Popen | None = None
         self._write_config()
 
-    def url(self, user: str) -> str:
+    def url(self, user: str, password: bool = True) -> str:
+        """The broker URL for ``user``; ``password=False`` leaves the password out (use ``password_file``)."""
+        cred = f"{user}:{self.passwords[user]}" if password else user
         if self.tls:
-            return f"mqtts://{user}:{self.passwords[user]}@127.0.0.1:{self.port}?ca={self.dir / 'cert.pem'}"
-        return f"mqtt://{user}:{self.passwords[user]}@127.0.0.1:{self.port}"
+            return f"mqtts://{cred}@127.0.0.1:{self.port}?ca={self.dir / 'cert.pem'}"
+        return f"mqtt://{cred}@127.0.0.1:{self.port}"
+
+    def password_file(self, user: str) -> Path:
+        """A file (mode 0600) holding ``user``'s password, for ``--password-file``."""
+        path = self.dir / f"{user}.password"
+        path.touch(mode=0o600)
+        path.write_text(self.passwords[user] + "\n")
+        return path
 
     def _make_certificate(self) -> str:
         """A self-signed certificate for 127.0.0.1 (its own CA): config lines for the listener."""

@@ -1,4 +1,5 @@
-"""``leafscout station``: the base-station process (receivers now, web pages next to them).
+"""``leafscout station``: the base-station process (receivers now, web pages next to them),
+and ``leafscout keys new ROBOT`` (per-robot HMAC key files).
 
 ``serve(station, args)`` is the one place where services run beside the receivers:
 ``SERVICES`` lists callables ``(station, args) -> closeable | None`` started after the
@@ -9,9 +10,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import sys
 import threading
+import tomllib
+from pathlib import Path
 from typing import Callable
+
+from robot.telemetry import PASSWORD_ENV
 
 log = logging.getLogger(__name__)
 
@@ -40,41 +47,144 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "station", help="run the base station: receive robot telemetry and store it",
         description="Receive records from robots over MQTT and/or a serial radio, verify them "
-                    "(schema, size, HMAC, robot allow-list), drop duplicates and store them in SQLite.",
+                    "(schema, limits, size, per-robot HMAC, robot allow-list), drop duplicates and store them in "
+                    "SQLite. Secure by default: it refuses to start without MQTT credentials and record signing "
+                    "(--keys) unless --insecure is given.",
     )
+    p.add_argument("--config", metavar="FILE", type=Path,
+                   help="TOML file with any of: mqtt, password, password_file, serial, baud, db, keys, "
+                        "hmac_key_file, robots (a list), client_id, insecure; options on the command line win")
     p.add_argument("--mqtt", metavar="URL",
-                   help="broker URL with the station's credentials, e.g. mqtt://station:secret@127.0.0.1:1883 "
-                        "(mqtts://...?ca=/path/ca.pem for TLS)")
+                   help="broker URL with the station's user, e.g. mqtt://station@127.0.0.1:1883 "
+                        "(mqtts://...?ca=/path/ca.pem for TLS); the password comes from --password-file, "
+                        f"${PASSWORD_ENV} or the config file, never from the command line")
+    p.add_argument("--password-file", metavar="FILE", help="file holding the station's MQTT password")
     p.add_argument("--serial", metavar="PORT",
                    help="serial port URL: /dev/ttyUSB0, socket://host:port, or pty://PATH to create a "
                         "pseudo-terminal whose robot end is linked at PATH")
-    p.add_argument("--baud", type=int, default=115200, help="serial baud rate (default 115200)")
-    p.add_argument("--db", required=True, metavar="PATH", help="station SQLite database (created if missing)")
+    p.add_argument("--baud", type=int, default=None, help="serial baud rate (default 115200)")
+    p.add_argument("--db", metavar="PATH", help="station SQLite database (created if missing); required")
+    p.add_argument("--keys", metavar="DIR",
+                   help="directory of per-robot HMAC keys (<robot>.key, made by `leafscout keys new ROBOT`): "
+                        "a robot's records must be signed with its own key")
     p.add_argument("--hmac-key-file", metavar="FILE",
-                   help="shared HMAC-SHA256 key; when given, unsigned or wrongly signed input is rejected")
+                   help="one HMAC key shared by all robots (weaker than --keys: any holder speaks for any robot)")
     p.add_argument("--robots", metavar="R1,R2",
-                   help="comma-separated allow-list of robot ids; others are rejected (default: any)")
-    p.add_argument("--client-id", default="leafscout-station", help="MQTT client id (persistent session)")
+                   help="comma-separated allow-list of robot ids; others are rejected (default: the robots of "
+                        "--keys, else any)")
+    p.add_argument("--client-id", default=None, help="MQTT client id (persistent session)")
+    p.add_argument("--insecure", action="store_true", default=None,
+                   help="accept anonymous MQTT and unsigned records (a warning at every start, a banner on the "
+                        "dashboard); for a bench, never for a field")
     for hook in OPTION_HOOKS:
         hook(p)
     p.set_defaults(func=run)
 
+    k = subparsers.add_parser("keys", help="per-robot HMAC keys for signed telemetry",
+                              description="Make the key files that let a robot sign its records: the station keeps "
+                                          "the directory (--keys DIR), each robot gets a copy of its own file "
+                                          "(leafscout run --hmac-key-file).")
+    ks = k.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    new = ks.add_parser("new", help="write DIR/ROBOT.key (64 hex digits, mode 0600)")
+    new.add_argument("robot", metavar="ROBOT", help="robot id ([A-Za-z0-9_.-], 1..64 characters)")
+    new.add_argument("--dir", default="keys", help="key directory of the station (default ./keys)")
+    new.add_argument("--force", action="store_true", help="replace an existing key (the robot needs the new one)")
+    new.set_defaults(func=_keys_new)
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    from station.keys import KeyFileError, new_key
+
+    try:
+        path = new_key(args.dir, args.robot, force=args.force)
+    except (KeyFileError, OSError) as e:
+        print(f"leafscout keys: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{path}  (copy it to robot {args.robot} and run it with --hmac-key-file; keep it secret)")
+    return 0
+
+
+_DEFAULTS = {"baud": 115200, "client_id": "leafscout-station", "insecure": False}
+
+
+def _apply_config(args: argparse.Namespace) -> str | None:
+    """Fill unset options from --config; returns the MQTT password from the config file, if any."""
+    cfg: dict = {}
+    if args.config is not None:
+        with open(args.config, "rb") as f:
+            cfg = tomllib.load(f)
+        unknown = set(cfg) - {"mqtt", "password", "password_file", "serial", "baud", "db", "keys", "hmac_key_file",
+                              "robots", "client_id", "insecure"}
+        if unknown:
+            raise ValueError(f"{args.config}: unknown settings {sorted(unknown)}")
+    for name in ("mqtt", "serial", "baud", "db", "keys", "hmac_key_file", "client_id", "insecure", "password_file"):
+        if getattr(args, name) is None:
+            setattr(args, name, cfg.get(name, _DEFAULTS.get(name)))
+    if args.robots is None and cfg.get("robots"):
+        args.robots = ",".join(cfg["robots"])
+    return cfg.get("password")
+
+
+def _security(args: argparse.Namespace, password: str | None) -> tuple[str | None, object]:
+    """(MQTT password, key ring): refuses what is insecure unless --insecure."""
+    from robot.mqtt_link import parse_mqtt_url
+    from robot.telemetry import read_key, read_password
+    from station.keys import KeyRing
+    from station.receiver import StationError
+
+    if args.password_file is not None or os.environ.get(PASSWORD_ENV):
+        password = read_password(args.password_file)
+    problems = []
+    if args.mqtt:
+        settings = parse_mqtt_url(args.mqtt)
+        if settings.password is not None:
+            raise StationError("the --mqtt URL holds a password (readable in /proc by every user): put it in "
+                               f"--password-file, ${PASSWORD_ENV} or the config file")
+        if not settings.username or not password:
+            problems.append("MQTT without credentials (user in --mqtt, password in --password-file, "
+                            f"${PASSWORD_ENV} or the config file)")
+    if args.keys:
+        keys = KeyRing.from_dir(args.keys)
+    elif args.hmac_key_file:
+        keys = KeyRing(shared=read_key(args.hmac_key_file))
+        log.warning("one HMAC key shared by all robots: any key holder can speak for any robot; prefer --keys DIR")
+    else:
+        keys = None
+        problems.append("unsigned records (no --keys DIR: make keys with `leafscout keys new ROBOT`)")
+    if problems and not args.insecure:
+        raise StationError("refusing to start an insecure station: " + "; ".join(problems)
+                           + ". Fix that, or pass --insecure for a bench setup")
+    if args.insecure:
+        log.warning("INSECURE station: %s", "; ".join(problems) or "--insecure given")
+    return password, keys
+
 
 def run(args: argparse.Namespace) -> int:
-    from robot.telemetry import TelemetryError, read_key
+    from robot.mqtt_link import MqttLinkError, redact_url
+    from robot.telemetry import TelemetryError
+    from station.keys import KeyFileError
     from station.receiver import Station, StationError
 
-    if not args.mqtt and not args.serial:
-        log.error("give --mqtt URL and/or --serial PORT")
-        return 2
     try:
-        key = read_key(args.hmac_key_file)
+        password = _apply_config(args)
+        if not args.db:
+            raise StationError("give --db PATH (or db in the config file)")
+        if not args.mqtt and not args.serial:
+            log.error("give --mqtt URL and/or --serial PORT")
+            return 2
+        password, keys = _security(args, password)
         robots = [r.strip() for r in args.robots.split(",") if r.strip()] if args.robots else None
-        station = Station(args.db, mqtt=args.mqtt, serial=args.serial, hmac_key=key, robots=robots,
-                          baudrate=args.baud, client_id=args.client_id)
-    except (OSError, StationError, TelemetryError, ValueError) as e:
+        if robots is None and keys is not None and keys.keys:
+            robots = sorted(keys.robots)
+        station = Station(args.db, mqtt=args.mqtt, serial=args.serial, keys=keys, robots=robots,
+                          baudrate=args.baud, client_id=args.client_id, insecure=bool(args.insecure),
+                          mqtt_password=password)
+    except (OSError, StationError, TelemetryError, KeyFileError, MqttLinkError, ValueError,
+            tomllib.TOMLDecodeError) as e:
         log.error("cannot start the station: %s", e)
         return 2
+    if args.mqtt:
+        log.info("station MQTT broker: %s", redact_url(args.mqtt))
     with station:
         return serve(station, args)
 

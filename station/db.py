@@ -26,6 +26,7 @@ across outbox resets: the duplicate filter keys on it):
                  lat, lon, row, metre: the full history (the robot's track)
 ``thumbnails``   record_id PK, jpeg BLOB (MQTT only; serial never carries images)
 ``rejected``     reason PK, count, last_at, last_detail: malformed, invalid or forged input
+``station_flags`` name PK, value: how the station runs (``insecure`` = 1: started with --insecure)
 ``serial_robots`` number PK (uint16 in the serial header), robot_id: learnt from HELLO
 ``serial_boots``  (robot_id, boot) PK, hello_seq, current: the outbox ids a robot announced
                  in HELLO; ``current`` = 1 for the one its data frames belong to now
@@ -89,6 +90,7 @@ CREATE TABLE IF NOT EXISTS thumbnails (record_id TEXT PRIMARY KEY, jpeg BLOB NOT
 CREATE TABLE IF NOT EXISTS rejected (
     reason TEXT PRIMARY KEY, count INTEGER NOT NULL, last_at REAL NOT NULL, last_detail TEXT
 );
+CREATE TABLE IF NOT EXISTS station_flags (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS serial_robots (number INTEGER PRIMARY KEY, robot_id TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS serial_boots (
     robot_id TEXT NOT NULL, boot TEXT NOT NULL, hello_seq INTEGER NOT NULL, current INTEGER NOT NULL,
@@ -155,6 +157,7 @@ class RobotInfo:
     survey_id: str | None
     link: str | None
     link_status: str | None
+    dropped: int | None = None  # records the robot's outbox lost so far (its latest heartbeat)
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,14 @@ class StationDB:
                     out.append(None)
                 c.execute("RELEASE one_record")
         return out
+
+    def set_flag(self, name: str, value: bool) -> None:
+        with self._tx() as c:
+            c.execute("INSERT OR REPLACE INTO station_flags VALUES (?,?)", (name, int(value)))
+
+    def flags(self) -> dict[str, bool]:
+        """How the station runs, e.g. ``{"insecure": True}`` (the dashboard shows a banner)."""
+        return {k: bool(v) for k, v in self._all("SELECT name, value FROM station_flags")}
 
     def robot_drops(self) -> dict[str, int]:
         """Records each robot's outbox dropped so far (its latest heartbeat says)."""
@@ -376,7 +387,7 @@ class StationDB:
 
     def robots(self) -> list[RobotInfo]:
         rows = self._all(
-            "SELECT robot_id, last_seen, queue_depth, frames, fps, status, survey_id, link, link_status "
+            "SELECT robot_id, last_seen, queue_depth, frames, fps, status, survey_id, link, link_status, dropped "
             "FROM robots ORDER BY robot_id"
         )
         return [RobotInfo(*r) for r in rows]

@@ -150,9 +150,9 @@ class MqttReceiver:
 
     def __init__(self, db: StationDB, url: str, keys: KeyRing | None = None,
                  allowed: frozenset[str] | None = None, client_id: str = "leafscout-station",
-                 max_queue: int = 100_000):
+                 max_queue: int = 100_000, password: str | None = None):
         self.db, self.keys, self.allowed = db, keys, allowed
-        self.settings = parse_mqtt_url(url)
+        self.settings = parse_mqtt_url(url, password)
         self.connected = threading.Event()
         self.stored = 0
         self._queue: queue.Queue = queue.Queue(max_queue)
@@ -421,7 +421,7 @@ class Station:
     def __init__(self, db_path: str | Path, mqtt: str | None = None, serial: str | None = None,
                  hmac_key: bytes | None = None, robots: Iterable[str] | None = None,
                  baudrate: int = 115200, client_id: str = "leafscout-station", keys: KeyRing | None = None,
-                 insecure: bool = False):
+                 insecure: bool = False, mqtt_password: str | None = None):
         """``keys``: per-robot HMAC keys; ``hmac_key``: one key shared by all robots (weaker).
         Neither: unsigned input is accepted (``leafscout station`` needs ``--insecure`` for that)."""
         if mqtt is None and serial is None:
@@ -432,7 +432,9 @@ class Station:
         self.allowed = frozenset(robots) if robots else None
         self.db = open_db(db_path)
         try:
-            self.mqtt = MqttReceiver(self.db, mqtt, keys, self.allowed, client_id) if mqtt else None
+            self.db.set_flag("insecure", insecure)  # the dashboard shows a banner
+            self.mqtt = (MqttReceiver(self.db, mqtt, keys, self.allowed, client_id, password=mqtt_password)
+                         if mqtt else None)
             self.serial = SerialReceiver(self.db, serial, keys, self.allowed, baudrate) if serial else None
         except Exception:
             self.db.close()

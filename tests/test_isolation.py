@@ -221,3 +221,13 @@ def test_property_no_valid_record_near_an_invalid_one_is_lost(receiver, batch):
         acked.update(json.loads(payload)["ids"])
     receiver.client.published.clear()
     assert {int(r.rsplit(":", 1)[1]) for r in valid} <= acked
+
+
+def test_heartbeat_drops_are_shown_per_robot(tmp_path):
+    from robot.records import Heartbeat
+
+    with open_db(tmp_path / "s.db") as db:
+        db.insert_records([(f"r1:{OB}:1", Heartbeat("r1", T0, 5, 10, 9.0, dropped=7), None),
+                           (f"r2:{OB}:1", Heartbeat("r2", T0, 5, 10, 9.0), None)])
+        assert db.robot_drops() == {"r1": 7}
+        assert {r.robot_id: r.dropped for r in db.robots()} == {"r1": 7, "r2": None}

@@ -129,16 +129,24 @@ def test_station_needs_a_link(tmp_path):
         Station(tmp_path / "s.db")
 
 
+def _station_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "leafscout.cli", "station", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_station_cli_runs_both_links_and_stops_cleanly(tmp_path):
     require_binary("mosquitto")
-    key_file = tmp_path / "key"
-    key_file.write_text("a-shared-key-of-enough-bytes\n")
+    keys = tmp_path / "keys"
+    for robot in ("r1", "r2"):
+        assert subprocess.run([sys.executable, "-m", "leafscout.cli", "keys", "new", robot, "--dir", str(keys)],
+                              cwd=REPO, capture_output=True).returncode == 0
+    assert oct((keys / "r1.key").stat().st_mode & 0o777) == "0o600"
+    r1_key = (keys / "r1.key").read_bytes().strip()
     with Broker(tmp_path / "broker", ["r1"]) as broker:
         tty = tmp_path / "tty"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "leafscout.cli", "station", "--mqtt", broker.url("station"), "--serial",
-             f"pty://{tty}", "--db", str(tmp_path / "s.db"), "--hmac-key-file", str(key_file), "--robots", "r1"],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = _station_cli("--mqtt", broker.url("station", password=False), "--password-file",
+                            str(broker.password_file("station")), "--serial", f"pty://{tty}",
+                            "--db", str(tmp_path / "s.db"), "--keys", str(keys))
         try:
             lines = []
             for line in proc.stdout:
@@ -147,8 +155,8 @@ def test_station_cli_runs_both_links_and_stops_cleanly(tmp_path):
                     break
             assert any(str(os.path.realpath(tty)) in ln or "/dev/pts/" in ln for ln in lines), lines
             from robot.telemetry import open_sinks
-            with open_sinks(serial=str(tty), mqtt=broker.url("r1"), outbox_path=tmp_path / "o.db", robot_id="r1",
-                            hmac_key=b"a-shared-key-of-enough-bytes") as (sink,):
+            with open_sinks(serial=str(tty), mqtt=broker.url("r1", password=False), outbox_path=tmp_path / "o.db",
+                            robot_id="r1", hmac_key=r1_key, mqtt_password=broker.passwords["r1"]) as (sink,):
                 for i in range(20):
                     sink.submit(plant(i))
                 assert sink.flush()
@@ -157,8 +165,65 @@ def test_station_cli_runs_both_links_and_stops_cleanly(tmp_path):
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=10)
         assert proc.returncode == 0, err
+        assert broker.passwords["station"] not in out + err
     with open_db(tmp_path / "s.db") as db:
         assert sorted(p.plant_id for p in db.plants("s1")) == list(range(20))
+        assert db.flags() == {"insecure": False}
+
+
+def test_station_refuses_to_start_insecure_unless_told(tmp_path):
+    """Before: with no options it accepted anonymous MQTT and unsigned records without a word."""
+    url = "mqtt://127.0.0.1:1"
+    for args, why in [(["--mqtt", url], "MQTT without credentials"),
+                      (["--mqtt", "mqtt://station@127.0.0.1:1"], "MQTT without credentials"),
+                      (["--serial", "loop://"], "unsigned records")]:
+        proc = _station_cli(*args, "--db", str(tmp_path / "s.db"))
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 2 and why in err, err
+    proc = _station_cli("--mqtt", "mqtt://station:hunter2-secret@127.0.0.1:1", "--db", str(tmp_path / "s.db"))
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 2 and "holds a password" in err and "hunter2-secret" not in err
+    proc = _station_cli("--serial", "loop://", "--db", str(tmp_path / "s.db"), "--insecure")
+    try:
+        for line in proc.stdout:
+            if "station ready" in line:
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and "INSECURE station" in err
+    with open_db(tmp_path / "s.db") as db:
+        assert db.flags() == {"insecure": True}
+
+
+def test_a_key_speaks_only_for_its_own_robot(tmp_path):
+    """Before: one key shared by all robots, so any key holder could speak for any robot."""
+    from station.keys import KeyRing
+
+    k1, k2 = b"r1-key-0123456789abcdef", b"r2-key-0123456789abcdef"
+    ring = KeyRing({"r1": k1, "r2": k2})
+    t = topic("r1", "plant")
+    body = {"id": f"r1:{OB}:1", "record": plant(1).to_dict()}
+    assert parse_record_message(t, seal(t, body, k1), ring).record == plant(1)
+    for key in (k2, None, b"not-any-robots-key-at-all"):  # r2's key, anonymous, a stranger
+        with pytest.raises(MessageError) as e:
+            parse_record_message(t, seal(t, body, key), ring)
+        assert e.value.reason == "bad_hmac"
+    with pytest.raises(MessageError, match="no key for robot 'r3'"):
+        parse_record_message(topic("r3", "plant"), seal(topic("r3", "plant"), body, k1), ring)
+    # serial: r1's frames signed with r2's key are refused; with its own key accepted
+    tty = str(tmp_path / "tty")
+    with Station(tmp_path / "s.db", serial=f"pty://{tty}", keys=ring) as st:
+        assert st.wait_connected(5)
+        port = serial.serial_for_url(tty, baudrate=115200, timeout=2)
+        hello = P.encode_hello("r1", bytes.fromhex(OB))
+        port.write(_frame(P.MsgType.HELLO, 1, hello, key=k2))
+        port.write(_frame(P.MsgType.HELLO, 2, hello, key=None))
+        port.write(_frame(P.MsgType.HELLO, 3, hello, key=k1))
+        reply = [f for f in P.FrameDecoder(k1).feed(port.read_until(b"\x00")) if isinstance(f, P.Frame)]
+        assert P.decode_ack(reply[0].payload) == [3]  # signed with r1's key, so r1 can check it
+        port.close()
+        wait_for(lambda: st.db.rejected().get("bad_hmac", 0) == 2, 5, "two refused HELLOs")
 
 
 # -- property-based: random input never escapes the documented errors ----------------
