@@ -31,6 +31,20 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 ROW_INCIDENCE = (0.0, 0.1, 0.25, 0.5, 0.2, 0.05, 0.75, 0.3)
 
 
+def only_the_station(external: list[str]):
+    """A Playwright route handler that lets loopback requests through and records (and
+    aborts) any other: the dashboard must work offline."""
+
+    def handle(route):
+        if urlsplit(route.request.url).hostname in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            external.append(route.request.url)
+            route.abort()
+
+    return handle
+
+
 @pytest.fixture()
 def station(tmp_path):
     db = open_db(tmp_path / "station.db")
@@ -49,20 +63,12 @@ def test_dashboard_in_chromium(station, tmp_path):
     web, truth, token = station
     external: list[str] = []
 
-    def only_the_station(route):
-        host = urlsplit(route.request.url).hostname
-        if host in ("127.0.0.1", "localhost"):
-            route.continue_()
-        else:
-            external.append(route.request.url)
-            route.abort()
-
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
             context = browser.new_context(accept_downloads=True, viewport={"width": 1200, "height": 900})
             page = context.new_page()
-            page.route("**/*", only_the_station)
+            page.route("**/*", only_the_station(external))
 
             # Not signed in: the field page answers 401 and shows the sign-in form.
             response = page.goto(f"{web.url}/surveys/field-7")

@@ -21,6 +21,11 @@ from robot.field_stats import wilson_interval
 
 SLOT_S = 10.0  # time resolution kept for "incidence over time"
 CELL_M = 10.0  # GPS grid for plants without a row number
+ROW_CELL_M = 1.0  # cells along a crop row, for hotspots within the row
+# The time chart is built around the middle of the records (all but this share at each
+# end); records further from it than its own span (clock errors, a backlog sent days
+# later) get an "early" or "late" bucket of their own.
+TIME_TAIL = 0.1
 METRES_PER_DEGREE = 111_320.0
 MAX_TIME_BUCKETS = 48
 MAX_TRACK_POINTS = 2000
@@ -57,6 +62,21 @@ class RowStat(_Decided):
     ci_lo: float | None
     ci_hi: float | None
     from_summary: bool = False  # counts from the robot's row summary, not plant records
+
+
+@dataclass(frozen=True)
+class RowCellStat(_Decided):
+    """A stretch of one crop row, ``ROW_CELL_M`` long, from ``start_m`` along the row."""
+
+    row: int
+    start_m: float
+    end_m: float
+    plants: int
+    diseased: int
+    uncertain: int
+    incidence: float | None
+    ci_lo: float | None
+    ci_hi: float | None
 
 
 @dataclass(frozen=True)
@@ -104,6 +124,7 @@ class TimeBucket(_Decided):
     ci_lo: float | None
     ci_hi: float | None
     cumulative: float | None  # incidence of everything up to the end of this bucket
+    tail: str | None = None  # "early" / "late": the few records far outside the survey's main span
 
 
 @dataclass(frozen=True)
@@ -134,6 +155,7 @@ class SurveySummary:
     totals: Totals
     rows: list[RowStat]
     cells: list[CellStat]  # plants with a GPS position but no row
+    row_cells: list[RowCellStat]  # stretches of each row (plants with a row and a metre)
     classes: list[ClassStat]
     timeline: list[TimeBucket]
     tracks: dict[str, list[TrackPoint]]  # robot id -> its path, oldest first
@@ -191,6 +213,7 @@ class ThinnedTrack:
 class _Survey:
     total: _Counts = field(default_factory=_Counts)
     rows: dict[int, _RowCounts] = field(default_factory=dict)
+    row_cells: dict[tuple[int, int], _Counts] = field(default_factory=dict)
     cells: dict[tuple[int, int], _Counts] = field(default_factory=dict)
     cos_lat: float | None = None  # longitude scale, fixed by the survey's first position
     labels: dict[str, _Counts] = field(default_factory=dict)
@@ -254,6 +277,8 @@ class SurveyAggregates:
             if metre is not None:
                 rc.metre_min = metre if rc.metre_min is None else min(rc.metre_min, metre)
                 rc.metre_max = metre if rc.metre_max is None else max(rc.metre_max, metre)
+                key = (row, math.floor(metre / ROW_CELL_M))
+                (s.row_cells.get(key) or s.row_cells.setdefault(key, _Counts())).add(diseased, uncertain)
         lc = s.labels.get(label) or s.labels.setdefault(label, _Counts())
         lc.add(diseased, uncertain)
         slot = int(t // SLOT_S)
@@ -309,9 +334,12 @@ def _build(survey_id: str, s: _Survey) -> SurveySummary:
     rows = [_row_stat(row, c.plants, c.diseased, c.uncertain, c.metre_min, c.metre_max)
             for row, c in sorted(s.rows.items())]
     cells = [_cell_stat(s, key, c) for key, c in sorted(s.cells.items())]
+    row_cells = [RowCellStat(row, i * ROW_CELL_M, (i + 1) * ROW_CELL_M, c.plants, c.diseased, c.uncertain,
+                             *_interval(c.diseased, c.plants - c.uncertain))
+                 for (row, i), c in sorted(s.row_cells.items())]
     classes = sorted((ClassStat(label, c.plants, c.diseased > 0, *_interval(c.plants, t.plants))
                       for label, c in s.labels.items()), key=lambda c: (-c.plants, c.label))
-    return SurveySummary(survey_id, totals, rows, cells, classes, _timeline(s.slots),
+    return SurveySummary(survey_id, totals, rows, cells, row_cells, classes, _timeline(s.slots),
                          {robot: track.snapshot() for robot, track in sorted(s.tracks.items())}, s.flagged)
 
 
@@ -354,22 +382,77 @@ def with_row_summaries(rows: list[RowStat], summaries: list) -> list[RowStat]:
 
 
 def _timeline(slots: dict[int, _Counts], max_buckets: int = MAX_TIME_BUCKETS) -> list[TimeBucket]:
-    """Slots merged into at most ``max_buckets`` equal buckets, with a running incidence."""
+    """Slots merged into at most ``max_buckets`` equal buckets, with a running incidence.
+
+    The buckets span the records around the middle ones (all but ``TIME_TAIL`` at each
+    end), extended over every gap no longer than that middle span, so a few records
+    stamped days away (a wrong clock, a robot that sends its backlog late) do not
+    squeeze the survey into one bucket; they get an "early"/"late" bucket each.
+    """
     if not slots:
         return []
-    first, last = min(slots), max(slots)
+    ordered = sorted(slots)
+    total = sum(c.plants for c in slots.values())
+    first, last = _quantile_slot(ordered, slots, total, TIME_TAIL), _quantile_slot(ordered, slots, total,
+                                                                                   1 - TIME_TAIL)
+    # Records close to the middle span join it: only far-off ones make a tail bucket.
+    reach = max(2, last - first + 1)
+    for slot in reversed([s for s in ordered if s < first]):
+        if first - slot > reach:
+            break
+        first = slot
+    for slot in [s for s in ordered if s > last]:
+        if slot - last > reach:
+            break
+        last = slot
     per_bucket = max(1, math.ceil((last - first + 1) / max_buckets))
     merged: dict[int, _Counts] = {}
-    for slot, c in slots.items():
-        m = merged.setdefault((slot - first) // per_bucket, _Counts())
+    early, late = _Counts(), _Counts()
+    for slot in ordered:
+        c = slots[slot]
+        m = early if slot < first else late if slot > last else merged.setdefault((slot - first) // per_bucket,
+                                                                                  _Counts())
         m.plants, m.diseased, m.uncertain = m.plants + c.plants, m.diseased + c.diseased, m.uncertain + c.uncertain
-    out, cum_k, cum_decided = [], 0, 0
     width = per_bucket * SLOT_S
-    for b in sorted(merged):
-        c = merged[b]
+    spans = [((first + b * per_bucket) * SLOT_S, (first + b * per_bucket) * SLOT_S + width, merged[b], None)
+             for b in sorted(merged)]
+    if early.plants:
+        spans.insert(0, (ordered[0] * SLOT_S, first * SLOT_S, early, "early"))
+    if late.plants:
+        spans.append(((last + 1) * SLOT_S, (ordered[-1] + 1) * SLOT_S, late, "late"))
+    out, cum_k, cum_decided = [], 0, 0
+    for start, end, c, tail in spans:
         cum_k, cum_decided = cum_k + c.diseased, cum_decided + c.plants - c.uncertain
-        start = (first + b * per_bucket) * SLOT_S
-        out.append(TimeBucket(start, start + width, c.plants, c.diseased, c.uncertain,
+        out.append(TimeBucket(start, end, c.plants, c.diseased, c.uncertain,
                               *_interval(c.diseased, c.plants - c.uncertain),
-                              cum_k / cum_decided if cum_decided else None))
+                              cum_k / cum_decided if cum_decided else None, tail))
     return out
+
+
+def _quantile_slot(ordered: list[int], slots: dict[int, _Counts], total: int, q: float) -> int:
+    """The first slot by which a share ``q`` of the plants have been seen."""
+    need, seen = q * total, 0
+    for slot in ordered:
+        seen += slots[slot].plants
+        if seen >= need and seen > 0:
+            return slot
+    return ordered[-1]
+
+
+def filtered_summary(conn: sqlite3.Connection, survey_id: str, where: str, params: tuple,
+                     tracks: dict[str, list[TrackPoint]] | None = None) -> SurveySummary:
+    """Statistics of the survey's plants that match ``where`` (an SQL condition on
+    ``plants``, from :class:`station.web.queries.PlantFilter`), computed now in one pass."""
+    s = _Survey()
+    agg = SurveyAggregates()
+    agg._surveys[survey_id] = s
+    cur = conn.execute("SELECT rowid, survey_id, row, label, diseased, uncertain, metre, t, lat, lon FROM plants "
+                       f"WHERE survey_id = ? AND {where}", (survey_id, *params))
+    while batch := cur.fetchmany(_FETCH):
+        for r in batch:
+            agg._add_plant(r)
+    s.flagged = conn.execute("SELECT count(*) FROM plants JOIN thumbnails USING (record_id) "
+                             f"WHERE survey_id = ? AND (diseased OR uncertain) AND {where}",
+                             (survey_id, *params)).fetchone()[0]
+    summary = _build(survey_id, s)
+    return replace(summary, tracks=tracks or {})

@@ -2,7 +2,7 @@
 
 Routes live in :mod:`station.web.access` (sign-in, who may do what) and
 :mod:`station.web.routes` (pages, downloads, the write endpoint); this module wires
-them to one :class:`StationState`, maps the access errors to 401/403/404/413/415/429
+them to one :class:`StationState`, maps the access errors to 401/403/404/413/415/422/429
 and adds the security headers to every response (:class:`SecurityHeaders`).
 """
 from __future__ import annotations
@@ -166,6 +166,10 @@ def _add_error_pages(app: FastAPI) -> None:
     @app.exception_handler(access.UnsupportedMediaType)
     async def _not_json(request: Request, exc: Exception) -> Response:
         return detail(415, str(exc))
+
+    @app.exception_handler(routes.BadFilter)
+    async def _bad_filter(request: Request, exc: Exception) -> Response:
+        return detail(422, str(exc))
 
     @app.exception_handler(routes.BodyTooLarge)
     async def _too_large(request: Request, exc: Exception) -> Response:

@@ -6,7 +6,9 @@ one page of rows (the gallery, through an index) or streams (the exports).
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, fields
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 # The gallery lists a survey's flagged plants newest first: walk this index backwards
@@ -40,13 +42,15 @@ def survey_exists(conn: sqlite3.Connection, survey_id: str) -> bool:
     ).fetchone()[0] == 1
 
 
-def flagged(conn: sqlite3.Connection, survey_id: str, *, limit: int = 60, offset: int = 0) -> list[sqlite3.Row]:
-    """Diseased and uncertain plants that came with a thumbnail, newest first."""
+def flagged(conn: sqlite3.Connection, survey_id: str, *, limit: int = 60, offset: int = 0,
+            where: str = "1", params: tuple = ()) -> list[sqlite3.Row]:
+    """Diseased and uncertain plants that came with a thumbnail, newest first (``where``:
+    a :class:`PlantFilter` condition)."""
     return conn.execute(
         "SELECT p.record_id, p.plant_id, p.label, p.confidence, p.row, p.metre, p.t, p.uncertain "
         "FROM plants p JOIN thumbnails th ON th.record_id = p.record_id "
-        "WHERE p.survey_id = ? AND (p.diseased OR p.uncertain) ORDER BY p.t DESC LIMIT ? OFFSET ?",
-        (survey_id, limit, offset),
+        f"WHERE p.survey_id = ? AND (p.diseased OR p.uncertain) AND {where} ORDER BY p.t DESC LIMIT ? OFFSET ?",
+        (survey_id, *params, limit, offset),
     ).fetchall()
 
 
@@ -57,3 +61,97 @@ def iter_plants(conn: sqlite3.Connection, survey_id: str) -> Iterator[sqlite3.Ro
         "uncertain, row, metre, lat, lon, frames FROM plants WHERE survey_id = ? ORDER BY t, plant_id",
         (survey_id,),
     )
+
+
+class FilterError(ValueError):
+    """A filter value that cannot be used (names the parameter and the value)."""
+
+
+@dataclass(frozen=True)
+class PlantFilter:
+    """What the field page, its plant points and the gallery show: plants recorded from
+    ``date_from`` to ``date_to`` (UTC days, inclusive), by one robot, with one label, in rows
+    ``row_min``..``row_max``, with confidence at least ``confidence_min``."""
+
+    date_from: date | None = None
+    date_to: date | None = None
+    robot: str | None = None
+    label: str | None = None
+    row_min: int | None = None
+    row_max: int | None = None
+    confidence_min: float | None = None
+
+    @classmethod
+    def from_query(cls, query: Mapping[str, str]) -> "PlantFilter":
+        """From URL query parameters of the same names; empty values mean no filter."""
+        values = {}
+        for f in fields(cls):
+            text = (query.get(f.name) or "").strip()
+            if not text:
+                continue
+            try:
+                if f.name.startswith("date"):
+                    values[f.name] = date.fromisoformat(text)
+                elif f.name.startswith("row"):
+                    values[f.name] = int(text)
+                elif f.name == "confidence_min":
+                    values[f.name] = float(text)
+                    if not 0.0 <= values[f.name] <= 1.0:
+                        raise ValueError("outside [0, 1]")
+                else:
+                    values[f.name] = text
+            except ValueError as e:
+                raise FilterError(f"bad filter {f.name}={text!r}: {e}") from e
+        return cls(**values)
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f.name) is not None for f in fields(self))
+
+    def query(self) -> dict[str, str]:
+        """The filter as URL query parameters (for links that keep it)."""
+        return {f.name: str(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def sql(self) -> tuple[str, tuple]:
+        """An SQL condition on ``plants`` and its parameters ("1" when nothing is filtered)."""
+        terms, params = [], []
+
+        def day_start(d: date) -> float:
+            return datetime(d.year, d.month, d.day, tzinfo=timezone.utc).timestamp()
+
+        if self.date_from is not None:
+            terms.append("t >= ?"), params.append(day_start(self.date_from))
+        if self.date_to is not None:
+            terms.append("t < ?"), params.append(day_start(self.date_to) + 86400.0)
+        for column, value in (("robot_id", self.robot), ("label", self.label)):
+            if value is not None:
+                terms.append(f"{column} = ?"), params.append(value)
+        if self.row_min is not None:
+            terms.append("row >= ?"), params.append(self.row_min)
+        if self.row_max is not None:
+            terms.append("row <= ?"), params.append(self.row_max)
+        if self.confidence_min is not None:
+            terms.append("confidence >= ?"), params.append(self.confidence_min)
+        return (" AND ".join(terms) or "1"), tuple(params)
+
+
+def plants_in_view(conn: sqlite3.Connection, survey_id: str, *, row_min: int, row_max: int, metre_min: float,
+                   metre_max: float, where: str = "1", params: tuple = (), limit: int = 2000) -> list[dict]:
+    """The plants of rows ``row_min``..``row_max`` between two metres (the map's view), at most
+    ``limit`` (the survey index ``plants_survey`` covers the range)."""
+    rows = conn.execute(
+        "SELECT p.record_id, p.plant_id, p.robot_id, p.t, p.label, p.confidence, p.diseased, p.uncertain, p.row, "
+        "p.metre, EXISTS(SELECT 1 FROM thumbnails th WHERE th.record_id = p.record_id) AS thumbnail FROM plants p "
+        f"WHERE p.survey_id = ? AND p.row BETWEEN ? AND ? AND p.metre BETWEEN ? AND ? AND {where} LIMIT ?",
+        (survey_id, row_min, row_max, metre_min, metre_max, *params, limit),
+    ).fetchall()
+    return [{**dict(r), "thumbnail": bool(r["thumbnail"]), "diseased": bool(r["diseased"]),
+             "uncertain": bool(r["uncertain"])} for r in rows]
+
+
+def survey_choices(conn: sqlite3.Connection, survey_id: str) -> tuple[list[str], list[str]]:
+    """The robots and labels of a survey, for the filter form."""
+    robots = [r[0] for r in conn.execute("SELECT DISTINCT robot_id FROM plants WHERE survey_id = ? ORDER BY 1",
+                                         (survey_id,))]
+    labels = [r[0] for r in conn.execute("SELECT DISTINCT label FROM plants WHERE survey_id = ? ORDER BY 1",
+                                         (survey_id,))]
+    return robots, labels

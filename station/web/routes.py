@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -28,13 +28,16 @@ from robot.records import PlantRecord, RecordError, record_from_dict
 from station.report import csv_lines, geojson_chunks, render_report
 
 from . import queries, svg, views
+from .aggregates import filtered_summary
 from .access import Forbidden, asset_viewer, principal, station_state, writer
 from .auth import Principal
-from .pages import render
+from .pages import link, render
 
 MAX_WRITE_BODY = 256 * 1024
 MAX_THUMBNAIL = 64 * 1024
 GALLERY_PAGE = 48
+SURVEYS_PAGE = 50
+MAP_POINTS = 3000  # plants one map view may load
 
 
 
@@ -62,6 +65,10 @@ class NotFound(Exception):
     """An unknown survey or thumbnail."""
 
 
+class BadFilter(Exception):
+    """A filter parameter that cannot be used (422)."""
+
+
 class BodyTooLarge(Exception):
     def __init__(self, limit: int):
         super().__init__(f"request body larger than {limit} bytes")
@@ -85,21 +92,36 @@ class _SurveyRow:
 
 # -- pages ---------------------------------------------------------------------------
 @router.get("/", response_class=HTMLResponse, name="index")
-def index(request: Request, who: Principal = Depends(principal)) -> Response:
+def index(request: Request, page: int = Query(0, ge=0, le=1_000_000), q: str = Query("", max_length=200),
+          who: Principal = Depends(principal)) -> Response:
     state = station_state(request)
+    totals = state.aggregates.all_totals(state.readers.get())
+    ids = [sid for sid in totals if q.lower() in sid.lower()] if q else list(totals)
+    shown = ids[page * SURVEYS_PAGE:(page + 1) * SURVEYS_PAGE]
     surveys = [_SurveyRow(sid, t.plants, t.diseased, t.incidence, views.utc_text(t.t_last) + " UTC" if t.t_last else "")
-               for sid, t in state.aggregates.all_totals(state.readers.get()).items()]
-    return render(request, "index.html", principal=who, surveys=surveys,
-                  robots=views.robot_views(state.db.robots()), now=time.time())
+               for sid in shown for t in (totals[sid],)]
+    return render(request, "index.html", principal=who, surveys=surveys, page=page, q=q, matching=len(ids),
+                  pages=max(1, -(-len(ids) // SURVEYS_PAGE)), robots=views.robot_views(state.db.robots()),
+                  now=time.time())
+
+
+def _plant_filter(request: Request) -> queries.PlantFilter:
+    try:
+        return queries.PlantFilter.from_query(request.query_params)
+    except queries.FilterError as e:
+        raise BadFilter(str(e)) from e
 
 
 @router.get("/surveys/{survey_id:anyid}/gallery", response_class=HTMLResponse, name="gallery_page")
 def gallery_page(request: Request, survey_id: str, page: int = Query(0, ge=0, le=100_000),
                  who: Principal = Depends(principal)) -> Response:
     conn = _known_survey(request, survey_id)
-    items = queries.flagged(conn, survey_id, limit=GALLERY_PAGE + 1, offset=page * GALLERY_PAGE)
+    where, params = _plant_filter(request).sql()
+    items = queries.flagged(conn, survey_id, limit=GALLERY_PAGE + 1, offset=page * GALLERY_PAGE, where=where,
+                            params=params)
+    keep = {k: v for k, v in request.query_params.items() if k != "page"}
     return render(request, "gallery.html", principal=who, survey_id=survey_id, items=items[:GALLERY_PAGE],
-                  page=page, more=len(items) > GALLERY_PAGE)
+                  page=page, more=len(items) > GALLERY_PAGE, keep=urlencode(keep))
 
 
 @router.get("/thumbnails/{record_id:anyid}", name="thumbnail")
@@ -152,13 +174,44 @@ def summary_json(request: Request, survey_id: str, who: Principal = Depends(prin
     return asdict(station_state(request).summary(_known_survey(request, survey_id), survey_id))
 
 
+@router.get("/api/surveys/{survey_id:anyid}/plants", name="plants_json")
+def plants_json(request: Request, survey_id: str, row_min: int = Query(..., ge=0), row_max: int = Query(..., ge=0),
+                metre_min: float = Query(...), metre_max: float = Query(...),
+                limit: int = Query(MAP_POINTS, ge=1, le=MAP_POINTS), who: Principal = Depends(principal)) -> dict:
+    """The plants in a stretch of the map (what ``map.js`` draws when zoomed in), filtered like the page."""
+    conn = _known_survey(request, survey_id)
+    where, params = _plant_filter(request).sql()
+    plants = queries.plants_in_view(conn, survey_id, row_min=row_min, row_max=row_max, metre_min=metre_min,
+                                    metre_max=metre_max, where=where, params=params, limit=limit + 1)
+    for p in plants:
+        p["thumbnail_url"] = link(request, "thumbnail", record_id=p["record_id"]) if p["thumbnail"] else None
+    return {"plants": plants[:limit], "truncated": len(plants) > limit}
+
+
+@router.get("/api/robots", name="robots_json")
+def robots_json(request: Request, survey: str | None = None, who: Principal = Depends(principal)) -> dict:
+    """Robot status rows (what the pages' robot tables show), for ``map.js`` to refresh them."""
+    robots = station_state(request).db.robots()
+    if survey is not None:
+        robots = [r for r in robots if r.survey_id == survey] or robots
+    return {"robots": [asdict(r) for r in views.robot_views(robots)], "now": time.time()}
+
+
 @router.get("/surveys/{survey_id:anyid}", response_class=HTMLResponse, name="field_page")
 def field_page(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
     state = station_state(request)
-    summary = state.summary(_known_survey(request, survey_id), survey_id)
+    conn = _known_survey(request, survey_id)
+    chosen = _plant_filter(request)
+    summary = state.summary(conn, survey_id)
+    if chosen:
+        where, params = chosen.sql()
+        tracks = {k: v for k, v in summary.tracks.items() if chosen.robot in (None, k)}
+        summary = filtered_summary(conn, survey_id, where, params, tracks)
     robots = state.db.robots()
     robots = [r for r in robots if r.survey_id == survey_id] or robots
-    return render(request, "field.html", principal=who, survey_id=survey_id, s=summary,
+    robot_ids, labels = queries.survey_choices(conn, survey_id)
+    return render(request, "field.html", principal=who, survey_id=survey_id, s=summary, filters=chosen,
+                  filter_query=urlencode(chosen.query()), robot_ids=robot_ids, labels=labels,
                   field_map_svg=svg.survey_map(summary), timeline_svg=svg.incidence_over_time(summary.timeline),
                   robots=views.robot_views(robots), now=time.time())
 

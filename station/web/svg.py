@@ -7,10 +7,13 @@ so tests (and people with a DOM inspector) read the values, not the colours.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from html import escape
 
-from .aggregates import CELL_M, CellStat, RowStat, SurveySummary, TimeBucket, TrackPoint
+from robot.field_stats import wilson_interval
+
+from .aggregates import CELL_M, ROW_CELL_M, CellStat, RowCellStat, RowStat, SurveySummary, TimeBucket, TrackPoint
 from .views import utc_text
 
 NO_DATA_COLOUR = "#c8c8c8"
@@ -38,13 +41,18 @@ def _fmt(x: float | None) -> str:
     return "" if x is None else f"{x:.4f}"
 
 
-def survey_map(summary: SurveySummary) -> str:
-    """The survey's field map: crop rows when plants have row numbers, else GPS cells."""
+def survey_map(summary: SurveySummary, points: Sequence[Mapping] = ()) -> str:
+    """The survey's field map: crop rows when plants have row numbers, else GPS cells.
+
+    ``points`` (plants as :func:`station.web.queries.plants_in_view` returns them) are
+    drawn on the rows from the start (the report); the dashboard loads them when zoomed.
+    """
     if summary.rows or not summary.cells:
         plants = summary.totals.plants
         empty = "No plants recorded yet." if plants == 0 else (
             f"None of the {plants} plants has a row number or a GPS position, so there is nothing to draw.")
-        return field_map(summary.rows, summary.tracks, empty_text=empty)
+        return field_map(summary.rows, summary.tracks, empty_text=empty, row_cells=summary.row_cells,
+                         points=points)
     return cell_map(summary.cells, summary.tracks)
 
 
@@ -85,10 +93,38 @@ def cell_map(cells: Sequence[CellStat], tracks: Mapping[str, Sequence[TrackPoint
     return "".join(out)
 
 
+MAX_CELLS_PER_ROW = 240  # longer rows draw merged cells; zooming in loads the plants themselves
+
+
+def merge_row_cells(cells: Sequence[RowCellStat], cell_m: float) -> list[RowCellStat]:
+    """Row cells merged into stretches of ``cell_m`` metres (counts summed, intervals recomputed)."""
+    if cell_m <= ROW_CELL_M:
+        return list(cells)
+    merged: dict[tuple[int, int], list[int]] = {}
+    for c in cells:
+        acc = merged.setdefault((c.row, math.floor(c.start_m / cell_m)), [0, 0, 0])
+        acc[0], acc[1], acc[2] = acc[0] + c.plants, acc[1] + c.diseased, acc[2] + c.uncertain
+    out = []
+    for (row, i), (plants, diseased, uncertain) in sorted(merged.items()):
+        lo = hi = inc = None
+        if plants - uncertain > 0:
+            inc = diseased / (plants - uncertain)
+            lo, hi = wilson_interval(diseased, plants - uncertain)
+        out.append(RowCellStat(row, i * cell_m, (i + 1) * cell_m, plants, diseased, uncertain, inc, lo, hi))
+    return out
+
+
+def _outcome(p: Mapping) -> str:
+    return "uncertain" if p["uncertain"] else "diseased" if p["diseased"] else "healthy"
+
+
 def field_map(rows: Sequence[RowStat], tracks: Mapping[str, Sequence[TrackPoint]] | None = None, *,
-              width: int = 760, empty_text: str = "No plants recorded yet.") -> str:
-    """One bar per crop row, from its first to its last plant, coloured by incidence,
-    with each robot's track (row, metre) drawn over it."""
+              width: int = 760, empty_text: str = "No plants recorded yet.",
+              row_cells: Sequence[RowCellStat] = (), points: Sequence[Mapping] = ()) -> str:
+    """Each crop row as cells along its length coloured by incidence (title: the 95%
+    interval), over a lane outline carrying the row's own numbers; plant points and the
+    robots' tracks (thin, under the points) on top. ``static/map.js`` adds pan, zoom and
+    click-through; the numbers its needs are ``data-*`` attributes of the ``svg``."""
     tracks = tracks or {}
     if not rows:
         return (f'<svg class="field-map" xmlns="http://www.w3.org/2000/svg" width="100%" height="40" role="img" '
@@ -100,6 +136,8 @@ def field_map(rows: Sequence[RowStat], tracks: Mapping[str, Sequence[TrackPoint]
     metres = [m for r in rows for m in (r.metre_min, r.metre_max) if m is not None]
     metres += [p.metre for track in tracks.values() for p in track if p.metre is not None]
     m0, m1 = (min(metres), max(metres)) if metres else (0.0, 1.0)
+    if row_cells:
+        m0, m1 = min(m0, min(c.start_m for c in row_cells)), max(m1, max(c.end_m for c in row_cells))
     if m1 - m0 < 1e-6:
         m1 = m0 + 1.0
     row_ids = sorted({r.row for r in rows})
@@ -113,8 +151,13 @@ def field_map(rows: Sequence[RowStat], tracks: Mapping[str, Sequence[TrackPoint]
     def y_of(row: int) -> float:
         return top + lane * slot[row] + lane / 2
 
+    cell_m = ROW_CELL_M * max(1, math.ceil((m1 - m0) / ROW_CELL_M / MAX_CELLS_PER_ROW))
     out = [f'<svg class="field-map" xmlns="http://www.w3.org/2000/svg" width="100%" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="field map, one bar per row coloured by incidence">']
+           f'viewBox="0 0 {width} {height}" role="img" data-m0="{m0:.3f}" data-m1="{m1:.3f}" data-left="{left}" '
+           f'data-span="{span}" data-top="{top}" data-lane="{lane:.3f}" data-cell-m="{cell_m:g}" '
+           f'data-rows="{",".join(map(str, row_ids))}" '
+           f'aria-label="field map: each row as {cell_m:g} m cells coloured by incidence">']
+    out.append('<g class="lanes">')
     for r in rows:
         # A row known only from its summary has no positions: draw it across the field.
         x0 = left if r.metre_min is None else x_of(r.metre_min)
@@ -125,15 +168,32 @@ def field_map(rows: Sequence[RowStat], tracks: Mapping[str, Sequence[TrackPoint]
         source = " (from the robot's row summary)" if r.from_summary else ""
         title = (f"Row {r.row}{source}: incidence {_pct(r.incidence)} ({r.diseased}/{r.decided} decided, "
                  f"{r.uncertain} uncertain), 95% CI {_pct(r.ci_lo)}-{_pct(r.ci_hi)}")
+        # Rows without cells (counts from a summary only) are filled; others are an outline under their cells.
+        fill = incidence_colour(r.incidence) if r.from_summary or r.metre_min is None else "#f4f4f4"
         out.append(
             f'<rect class="row" data-row="{r.row}" data-incidence="{_fmt(r.incidence)}" data-plants="{r.plants}" '
-            f'data-diseased="{r.diseased}" data-uncertain="{r.uncertain}" '
-            f'data-source="{"row summary" if r.from_summary else "plants"}" x="{x0:.1f}" y="{y - lane * 0.35:.1f}" '
-            f'width="{x1 - x0:.1f}" height="{lane * 0.7:.1f}" rx="3" fill="{incidence_colour(r.incidence)}">'
-            f"<title>{escape(title)}</title></rect>"
+            f'data-diseased="{r.diseased}" data-uncertain="{r.uncertain}" data-ci-lo="{_fmt(r.ci_lo)}" '
+            f'data-ci-hi="{_fmt(r.ci_hi)}" '
+            f'data-source="{"row summary" if r.from_summary else "plants"}" x="{x0:.1f}" y="{y - lane * 0.4:.1f}" '
+            f'width="{x1 - x0:.1f}" height="{lane * 0.8:.1f}" rx="2" fill="{fill}" stroke="#bbb" '
+            f'stroke-width="0.5"><title>{escape(title)}</title></rect>'
         )
         if slot[r.row] % label_every == 0:
             out.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end" class="axis">row {r.row}</text>')
+    out.append('</g><g class="cells">')
+    for c in merge_row_cells(row_cells, cell_m):
+        if c.row not in slot:
+            continue
+        y = y_of(c.row)
+        title = (f"Row {c.row}, {c.start_m:g}-{c.end_m:g} m: incidence {_pct(c.incidence)} "
+                 f"({c.diseased}/{c.decided} decided, {c.uncertain} uncertain), 95% CI {_pct(c.ci_lo)}-{_pct(c.ci_hi)}")
+        out.append(f'<rect class="row-cell" data-row="{c.row}" data-start="{c.start_m:g}" data-end="{c.end_m:g}" '
+                   f'data-plants="{c.plants}" data-diseased="{c.diseased}" data-uncertain="{c.uncertain}" '
+                   f'data-incidence="{_fmt(c.incidence)}" data-ci-lo="{_fmt(c.ci_lo)}" data-ci-hi="{_fmt(c.ci_hi)}" '
+                   f'x="{x_of(c.start_m):.2f}" y="{y - lane * 0.35:.2f}" '
+                   f'width="{max(0.5, x_of(c.end_m) - x_of(c.start_m)):.2f}" height="{lane * 0.7:.2f}" '
+                   f'fill="{incidence_colour(c.incidence)}"><title>{escape(title)}</title></rect>')
+    out.append('</g><g class="tracks">')
     for robot, track in tracks.items():
         on_map = [p for p in track if p.row in slot and p.metre is not None]
         if not on_map:
@@ -142,11 +202,22 @@ def field_map(rows: Sequence[RowStat], tracks: Mapping[str, Sequence[TrackPoint]
         if len(on_map) >= 2:
             pts = " ".join(f"{x_of(p.metre):.1f},{y_of(p.row):.1f}" for p in on_map)
             out.append(f'<polyline class="track" data-robot="{name}" data-points="{len(on_map)}" points="{pts}" '
-                       f'fill="none" stroke="#1f3b73" stroke-width="1.6" stroke-dasharray="5 3">'
-                       f"<title>track of {name}</title></polyline>")
+                       f'fill="none" stroke="#1f3b73" stroke-width="1" stroke-opacity="0.45" '
+                       f'vector-effect="non-scaling-stroke"><title>track of {name}</title></polyline>')
         last = on_map[-1]
         out.append(f'<circle class="robot" data-robot="{name}" cx="{x_of(last.metre):.1f}" cy="{y_of(last.row):.1f}" '
-                   f'r="5" fill="#1f3b73"><title>{name}: row {last.row}, {last.metre:.1f} m</title></circle>')
+                   f'r="4" fill="#1f3b73"><title>{name}: row {last.row}, {last.metre:.1f} m</title></circle>')
+    out.append('</g><g class="plants">')
+    for p in points:
+        if p["row"] not in slot or p["metre"] is None:
+            continue
+        outcome = _outcome(p)
+        out.append(f'<circle class="plant {outcome}" data-record="{escape(p["record_id"])}" '
+                   f'data-thumbnail="{1 if p.get("thumbnail") else 0}" cx="{x_of(p["metre"]):.2f}" '
+                   f'cy="{y_of(p["row"]):.2f}" r="{max(1.0, lane * 0.15):.2f}">'
+                   f'<title>plant {p["plant_id"]}: {escape(p["label"])} ({outcome}, confidence '
+                   f'{p["confidence"]:.2f}), row {p["row"]}, {p["metre"]:.1f} m</title></circle>')
+    out.append("</g>")
     axis_y = height - bottom + 16
     decimals = 1 if m1 - m0 < 20 else 0
     for i in range(5):
@@ -163,11 +234,23 @@ def incidence_over_time(buckets: Sequence[TimeBucket], *, width: int = 760, heig
         return ('<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="100%" height="40" role="img" '
                 'aria-label="incidence over time: no data"><text x="10" y="25">No plants recorded yet.</text></svg>')
     left, right, top, bottom = 48, 16, 10, 30
-    t0, t1 = buckets[0].t_start, buckets[-1].t_end
+    main = [b for b in buckets if b.tail is None] or list(buckets)
+    # Far-off records ("early"/"late" buckets) sit at the edges, beyond a break in the axis.
+    tail_w = 44
+    x_lo = left + (tail_w if buckets[0].tail == "early" else 0)
+    x_hi = width - right - (tail_w if buckets[-1].tail == "late" else 0)
+    t0, t1 = main[0].t_start, main[-1].t_end
     span_t = max(t1 - t0, 1e-6)
 
-    def x_of(t: float) -> float:
-        return left + (t - t0) / span_t * (width - left - right)
+    def x_at(t: float) -> float:
+        return x_lo + (t - t0) / span_t * (x_hi - x_lo)
+
+    def x_mid(b: TimeBucket) -> float:
+        if b.tail == "early":
+            return left + tail_w / 2 - 6
+        if b.tail == "late":
+            return width - right - tail_w / 2 + 6
+        return x_at((b.t_start + b.t_end) / 2)
 
     def y_of(p: float) -> float:
         return top + (1.0 - p) * (height - top - bottom)
@@ -179,21 +262,28 @@ def incidence_over_time(buckets: Sequence[TimeBucket], *, width: int = 760, heig
         out.append(f'<line x1="{left}" x2="{width - right}" y1="{y_of(p):.1f}" y2="{y_of(p):.1f}" stroke="#e3e3e3"/>'
                    f'<text x="{left - 6}" y="{y_of(p) + 4:.1f}" text-anchor="end" class="axis">{p:.0%}</text>')
     if decided:
-        mid = [((b.t_start + b.t_end) / 2, b) for b in decided]
-        band = [f"{x_of(t):.1f},{y_of(b.ci_hi):.1f}" for t, b in mid]
-        band += [f"{x_of(t):.1f},{y_of(b.ci_lo):.1f}" for t, b in reversed(mid)]
+        mid = [(x_mid(b), b) for b in decided]
+        band = [f"{x:.1f},{y_of(b.ci_hi):.1f}" for x, b in mid]
+        band += [f"{x:.1f},{y_of(b.ci_lo):.1f}" for x, b in reversed(mid)]
         out.append(f'<polygon class="ci-band" points="{" ".join(band)}" fill="#d73027" fill-opacity="0.15"/>')
-        line = " ".join(f"{x_of(t):.1f},{y_of(b.incidence):.1f}" for t, b in mid)
+        line = " ".join(f"{x:.1f},{y_of(b.incidence):.1f}" for x, b in mid)
         out.append(f'<polyline class="incidence" points="{line}" fill="none" stroke="#d73027" stroke-width="2"/>')
-        running = " ".join(f"{x_of(t):.1f},{y_of(b.cumulative):.1f}" for t, b in mid if b.cumulative is not None)
+        running = " ".join(f"{x:.1f},{y_of(b.cumulative):.1f}" for x, b in mid if b.cumulative is not None)
         out.append(f'<polyline class="cumulative" points="{running}" fill="none" stroke="#1f3b73" '
                    f'stroke-width="1.5" stroke-dasharray="4 3"/>')
-        for t, b in mid:
-            out.append(f'<circle cx="{x_of(t):.1f}" cy="{y_of(b.incidence):.1f}" r="2.5" fill="#d73027" '
-                       f'data-incidence="{_fmt(b.incidence)}"><title>{b.diseased}/{b.decided} '
+        for x, b in mid:
+            tail = f' data-tail="{b.tail}"' if b.tail else ""
+            when = f"{b.tail} records, {utc_text(b.t_start)[:16]} to {utc_text(b.t_end)[:16]} UTC: " if b.tail else ""
+            out.append(f'<circle class="bucket" cx="{x:.1f}" cy="{y_of(b.incidence):.1f}" r="2.5" fill="#d73027" '
+                       f'data-incidence="{_fmt(b.incidence)}"{tail}><title>{when}{b.diseased}/{b.decided} '
                        f'({_pct(b.incidence)}, 95% CI {_pct(b.ci_lo)}-{_pct(b.ci_hi)})</title></circle>')
-    out.append(f'<text x="{left}" y="{height - 8}" class="axis">{utc_text(t0)[:16]} UTC</text>'
-               f'<text x="{width - right}" y="{height - 8}" text-anchor="end" class="axis">'
+    for b in (buckets[0], buckets[-1]):
+        if b.tail:
+            x = (x_lo - 8) if b.tail == "early" else (x_hi + 8)
+            out.append(f'<line class="axis-break" x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{height - bottom}" '
+                       f'stroke="#999" stroke-dasharray="2 2"/>')
+    out.append(f'<text x="{x_lo}" y="{height - 8}" class="axis">{utc_text(t0)[:16]} UTC</text>'
+               f'<text x="{x_hi}" y="{height - 8}" text-anchor="end" class="axis">'
                f"{utc_text(t1)[:16]} UTC</text>")
     out.append("</svg>")
     return "".join(out)
