@@ -23,6 +23,7 @@ import numpy as np
 
 from vision.classifier import LeafClassifier
 from vision.localize import LeafLocalizer, LocalizeConfig, masked_square_crop, square_crop
+from vision.white_balance import SOIL_BGR, WhiteBalance, apply_gains, balance_gains
 
 from .camera import Capture, Frame
 from .field_stats import FieldStats, wilson_interval
@@ -57,6 +58,8 @@ class RuntimeConfig:
     frame_timeout_s: float = 5.0  # live: heartbeat "no-camera" after this long without a frame
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     localize: LocalizeConfig = field(default_factory=LocalizeConfig)
+    # colour correction of crops before classifying: the frame's soil is mapped onto the soil the model knows
+    white_balance: WhiteBalance = field(default_factory=lambda: WhiteBalance("gray-world", reference=SOIL_BGR))
 
 
 def _jpeg(crop: np.ndarray, px: int) -> bytes:
@@ -99,6 +102,8 @@ class Runtime:
         self._next_summary = self._next_heartbeat = None
         self._last_where = Position()
         self._state = None
+        self._gains = np.ones(3, np.float32)  # this frame's white balance
+        self.annotator: Any = None  # optional: ``frame(image, detections, tracks, segmentation)`` after tracking
 
     # -- the loop --------------------------------------------------------------------
     def run(self, *, stop: threading.Event | None = None, max_frames: int | None = None) -> dict[str, Any]:
@@ -138,10 +143,14 @@ class Runtime:
             where = Position(frame.t, where.lat, where.lon, where.row, where.metre)
         self._last_where = where
         ended = self.tracker.update(detections, frame.index, where)
+        if self.config.white_balance.enabled:
+            self._gains = balance_gains(image, self.config.white_balance, self.localizer.last.background_bgr)
         for t in self.tracker.needs_fallback_view(frame.index):
             self.tracker.keep_fallback_view(t, self._crop(image, t))
         due = self.tracker.due(frame.index)
         self.timer.lap("track")
+        if self.annotator is not None:
+            self.annotator.frame(image, detections, self.tracker.tracks, self.localizer.last)
         self._classify(image, frame.index, due, [t for t in ended if not t.votes and t.best_crop is not None])
         self.timer.lap("classify")
         self._count(ended, where)
@@ -166,8 +175,10 @@ class Runtime:
     def _crop(self, image: np.ndarray, track: Track) -> np.ndarray:
         cfg = self.config
         if cfg.crop_fill is None or track.detection is None:
-            return square_crop(image, track.box, cfg.crop_margin)
-        return masked_square_crop(image, track.detection, cfg.crop_margin, cfg.crop_fill)
+            crop = square_crop(image, track.box, cfg.crop_margin)
+        else:
+            crop = masked_square_crop(image, track.detection, cfg.crop_margin, cfg.crop_fill)
+        return apply_gains(crop, self._gains) if cfg.white_balance.enabled else crop
 
     # -- counting and telemetry -------------------------------------------------------
     def _count(self, tracks: list[Track], now: Position) -> None:

@@ -21,9 +21,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["WhiteBalance", "WhiteBalanceError", "MODES", "balance_gains", "apply_gains"]
+__all__ = ["WhiteBalance", "WhiteBalanceError", "MODES", "SOIL_BGR", "balance_gains", "apply_gains"]
 
 MODES = ("off", "gray-world", "white-patch", "fixed")
+# Mean colour of the brown soil the simulator draws and the classifier's training pastes
+# leaves on: gray-world's default target, so a corrected frame looks like what the model saw.
+# A field with other soil sets its own in robot.toml ([white_balance] reference).
+SOIL_BGR = (40.0, 56.0, 98.0)
 
 
 class WhiteBalanceError(ValueError):
