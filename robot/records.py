@@ -20,6 +20,7 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any, ClassVar
 
 UNCERTAIN = "uncertain"
+HEALTH_VALUES = ("healthy", "diseased", UNCERTAIN)  # what a plant record's health may be
 
 
 class RecordError(ValueError):
@@ -51,6 +52,23 @@ def check_id(what: str, value: object) -> str:
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
         raise RecordError(f"{what} {str(value)[:80]!r} must be 1..64 characters of [A-Za-z0-9_.-]")
     return value
+
+
+RECORD_ID_PATTERN = re.compile(r"(?P<robot>[A-Za-z0-9_.-]{1,64}):(?P<outbox>[0-9a-f]{32}):(?P<seq>[1-9][0-9]{0,18})")
+MAX_SEQ = 2 ** 63 - 1
+
+
+def parse_record_id(record_id: object, robot_id: str | None = None) -> tuple[str, str, int]:
+    """``"<robot>:<outbox id>:<seq>"`` -> (robot, outbox id, seq); raises ``RecordError``.
+
+    ``robot_id``: the robot the id must belong to (ids are the station's duplicate filter:
+    a foreign prefix could shadow another robot's records).
+    """
+    m = RECORD_ID_PATTERN.fullmatch(record_id) if isinstance(record_id, str) else None
+    if m is None or int(m["seq"]) > MAX_SEQ or (robot_id is not None and m["robot"] != robot_id):
+        want = f"{robot_id or '<robot>'}:<32 hex digits>:<1..2^63-1>"
+        raise RecordError(f"record id {str(record_id)[:100]!r} is not {want}")
+    return m["robot"], m["outbox"], int(m["seq"])
 
 
 def check_text(what: str, value: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
@@ -138,7 +156,7 @@ class PlantRecord(_Record):
     _types: ClassVar[dict] = {
         "robot_id": str, "survey_id": str, "plant_id": int, "t": _NUM, "label": str,
         "class_index": int, "confidence": _NUM, "frames": int, "row": int, "metre": _NUM,
-        "lat": _NUM, "lon": _NUM,
+        "lat": _NUM, "lon": _NUM, "health": str,
     }
     robot_id: str
     survey_id: str
@@ -152,14 +170,21 @@ class PlantRecord(_Record):
     metre: float | None = None  # distance along the row
     lat: float | None = None
     lon: float | None = None
+    # "healthy" | "diseased" | "uncertain", decided through the bundle's taxonomy; None in
+    # records from robots before it (health then follows the class name).
+    health: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.health is not None and self.health not in HEALTH_VALUES:
+            raise RecordError(f"PlantRecord.health must be one of {HEALTH_VALUES} or null, got {self.health!r}")
 
     @property
     def diseased(self) -> bool:
-        return is_diseased(self.label)
+        return self.health == "diseased" if self.health is not None else is_diseased(self.label)
 
     @property
     def uncertain(self) -> bool:
-        return self.label == UNCERTAIN
+        return self.label == UNCERTAIN or self.health == UNCERTAIN
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from robot.mqtt_link import (DATA_KINDS, MAX_THUMBNAIL_BYTES, MessageError, ack_
                               parse_mqtt_url, redact_url, seal, topic, unseal)
 from robot.outbox import record_id
 from robot.ratelimit import RateLimitedLog
-from robot.records import ID_PATTERN, RecordError, record_from_dict
+from robot.records import ID_PATTERN, RecordError, parse_record_id, record_from_dict
 from robot.serial_link import PortReader
 from station.db import Record, StationDB, open_db
 from station.keys import KeyRing
@@ -41,9 +41,7 @@ from station.keys import KeyRing
 log = logging.getLogger(__name__)
 _limited = RateLimitedLog(log)
 
-_ID = re.compile(r"^(?P<robot>[A-Za-z0-9_.-]{1,64}):(?P<outbox>[0-9a-f]{32}):(?P<seq>[1-9][0-9]{0,18})$")
 _ROBOT = re.compile(r"^" + ID_PATTERN.pattern + r"$")
-MAX_SEQ = 2 ** 63 - 1
 
 
 class Rejected(MessageError):
@@ -93,16 +91,17 @@ def parse_record_message(topic_: str, payload: bytes, keys: KeyRing | bytes | No
     robot_id, kind = parts[1], parts[2]
     check_robot(robot_id, allowed)
     body = unseal(topic_, payload, _key(keys, robot_id))
-    m = _ID.match(body.get("id")) if isinstance(body.get("id"), str) else None
-    if m is None or m["robot"] != robot_id or int(m["seq"]) > MAX_SEQ:
-        raise MessageError("malformed", f"id {str(body.get('id'))[:100]!r} is not '{robot_id}:<outbox id>:<seq>'")
     try:
-        return _parse_body(robot_id, kind, m, body)
+        _, outbox_id, seq = parse_record_id(body.get("id"), robot_id)
+    except RecordError as e:
+        raise MessageError("malformed", str(e)) from None
+    try:
+        return _parse_body(robot_id, kind, outbox_id, seq, body)
     except MessageError as e:
-        raise Rejected(e.reason, str(e), robot_id, m["outbox"], int(m["seq"])) from None
+        raise Rejected(e.reason, str(e), robot_id, outbox_id, seq) from None
 
 
-def _parse_body(robot_id: str, kind: str, m: re.Match, body: dict) -> Accepted:
+def _parse_body(robot_id: str, kind: str, outbox_id: str, seq: int, body: dict) -> Accepted:
     unknown = set(body) - {"id", "record", "thumbnail"}
     if unknown:
         raise MessageError("invalid", f"unknown keys {sorted(map(str, unknown))[:5]}; expected id, record, thumbnail")
@@ -122,7 +121,7 @@ def _parse_body(robot_id: str, kind: str, m: re.Match, body: dict) -> Accepted:
             raise MessageError("invalid", "thumbnail is not base64") from None
         if not thumb.startswith(b"\xff\xd8") or record.kind != "plant":
             raise MessageError("invalid", "thumbnail must be a JPEG attached to a plant record")
-    return Accepted(robot_id, int(m["seq"]), body["id"], record, thumb, m["outbox"])
+    return Accepted(robot_id, seq, body["id"], record, thumb, outbox_id)
 
 
 class _Rejects:

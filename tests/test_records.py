@@ -64,3 +64,14 @@ def test_missing_required_key():
 def test_unknown_kind(payload):
     with pytest.raises(RecordError, match="unknown record kind"):
         record_from_dict(payload)
+
+
+def test_record_ids_have_a_documented_shape():
+    from robot.records import parse_record_id
+
+    ob = "0123456789abcdef0123456789abcdef"
+    assert parse_record_id(f"r1:{ob}:42", "r1") == ("r1", ob, 42)
+    for bad in ["r1:42", f"r1:{ob}:0", f"r1:{ob.upper()}:1", f"r 1:{ob}:1", f"r1:{ob}:{2 ** 63}", 42, None,
+                f"r2:{ob}:1"]:
+        with pytest.raises(RecordError):
+            parse_record_id(bad, "r1")
