@@ -119,7 +119,9 @@ def build_sinks(args: argparse.Namespace, stack: Any) -> list[Any]:
         check_id("--survey", args.survey)
     except RecordError as e:
         raise TelemetryError(str(e)) from None
-    if args.mqtt and "@" in args.mqtt and ":" in args.mqtt.split("://", 1)[-1].split("@", 1)[0]:
+    from .mqtt_link import url_has_password
+
+    if args.mqtt and url_has_password(args.mqtt):
         raise TelemetryError("the --mqtt URL holds a password (readable in /proc by every user): use "
                              "--password-file or $LEAFSCOUT_MQTT_PASSWORD")
     try:

@@ -100,6 +100,14 @@ def redact_url(url: str) -> str:
         return "<unparseable URL>"
 
 
+def url_has_password(url: str) -> bool:
+    """Whether a broker URL carries a password (refused on command lines: /proc/PID/cmdline is public)."""
+    try:
+        return urlsplit(url).password is not None
+    except ValueError:
+        return False
+
+
 def make_client(settings: BrokerSettings, client_id: str) -> mqtt.Client:
     """A paho client with a persistent session, credentials and optional TLS."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,

@@ -127,7 +127,7 @@ def _apply_config(args: argparse.Namespace) -> str | None:
 
 def _security(args: argparse.Namespace, password: str | None) -> tuple[str | None, object]:
     """(MQTT password, key ring): refuses what is insecure unless --insecure."""
-    from robot.mqtt_link import parse_mqtt_url
+    from robot.mqtt_link import parse_mqtt_url, url_has_password
     from robot.telemetry import read_key, read_password
     from station.keys import KeyRing
     from station.receiver import StationError
@@ -137,7 +137,7 @@ def _security(args: argparse.Namespace, password: str | None) -> tuple[str | Non
     problems = []
     if args.mqtt:
         settings = parse_mqtt_url(args.mqtt)
-        if settings.password is not None:
+        if url_has_password(args.mqtt):
             raise StationError("the --mqtt URL holds a password (readable in /proc by every user): put it in "
                                f"--password-file, ${PASSWORD_ENV} or the config file")
         if not settings.username or not password:

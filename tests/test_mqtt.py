@@ -152,3 +152,21 @@ def test_bad_urls_are_named():
         parse_mqtt_url("mqtt://")
     s = parse_mqtt_url("mqtts://u:p%40ss@h?ca=/ca.pem")
     assert (s.host, s.port, s.username, s.password, s.tls, s.ca_file) == ("h", 8883, "u", "p@ss", True, "/ca.pem")
+
+
+def test_passwords_never_in_urls_that_are_printed_or_logged(tmp_path, capsys, tiny_bundle):
+    """Before: passwords went on the command line and were echoed in errors and a traceback."""
+    from leafscout.cli import main
+    from robot.mqtt_link import redact_url
+
+    assert redact_url("mqtt://r1:s3cret@h:1883") == "mqtt://r1:***@h:1883"
+    assert redact_url("mqtts://r1:s3cret@h?ca=/c.pem") == "mqtts://r1:***@h?ca=/c.pem"
+    assert redact_url("mqtt://r1@h:1883") == "mqtt://r1@h:1883"
+    with pytest.raises(MqttLinkError) as e:
+        parse_mqtt_url("mqtt://r1:s3cret@h:notaport")
+    assert "s3cret" not in str(e.value)
+    rc = main(["run", "--camera", "sim:rows=1,length=1", "--bundle", str(tiny_bundle), "--threads", "1",
+               "--mqtt", "mqtt://r1:s3cret@127.0.0.1:1", "--robot-id", "r1", "--state-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "holds a password" in err and "s3cret" not in err
+    assert parse_mqtt_url("mqtt://r1@h", password="from-file").password == "from-file"
