@@ -259,7 +259,7 @@ class MqttLink(LinkWorker):
             ids, rejected = parse_ack(unseal(msg.topic, msg.payload, self.key), self.outbox.outbox_id)
         except MessageError as e:
             self.stats.bad_acks += 1
-            log.warning("ignoring bad ack on %s: %s", msg.topic, e)
+            _limited.warning("bad-ack", "ignoring an ack on %s: %s", msg.topic, e)
             return
         self._post("ack", (ids, rejected))
 
