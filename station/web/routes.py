@@ -102,7 +102,8 @@ def index(request: Request, page: int = Query(0, ge=0, le=1_000_000), q: str = Q
                for sid in shown for t in (totals[sid],)]
     return render(request, "index.html", principal=who, surveys=surveys, page=page, q=q, matching=len(ids),
                   pages=max(1, -(-len(ids) // SURVEYS_PAGE)), robots=views.robot_views(state.db.robots()),
-                  now=time.time())
+                  now=time.time(), insecure=state.db.flags().get("insecure", False), rejected=state.db.rejected(),
+                  drops={r: n for r, n in state.db.robot_drops().items() if n})
 
 
 def _plant_filter(request: Request) -> queries.PlantFilter:
