@@ -1,4 +1,5 @@
-"""`leafscout simulate` and `leafscout run`: a field in a computer, and the robot loop over any camera."""
+"""`leafscout simulate`, `run`, `detect` and `config check`: a field in a computer, the robot loop over any
+camera, its per-frame vision on still images, and its settings file."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["register", "build_sinks"]
+
+_UNSET = object()  # a `run` flag not given on the command line: --config's value, else the flag's default
+_RUN_DEFAULTS: dict[str, Any] = {}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,6 +41,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--video-quality", type=int, default=75,
                    help="MJPG quality of field.avi, 1-100 (default 75); lower it to mimic a harsher camera")
     p.add_argument("--seed", type=int, default=0, help="seed: the same seed gives the same field and video")
+    p.add_argument("--conditions", default="", metavar="LIST",
+                   help="the field's hard cases, comma-separated and combinable: soil speckled|gravel|chroma; "
+                   "clods, stones, straw, grass, seedlings, weeds; touching|overlapping, bare; exposure, "
+                   "white-balance, shadows, blur, noise (docs/localizer.md)")
     p.set_defaults(func=_simulate)
 
     p = subparsers.add_parser(
@@ -46,7 +54,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "URL, a GStreamer pipeline (contains '!') or sim[:rows=2,length=4,...]. Recordings are replayed "
         "frame by frame and give the same report on every run (all keys but timing_ms).",
     )
-    p.add_argument("--camera", required=True, help="camera source (see above)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="robot.toml settings file (localizer, white balance, tracker, and any of the flags below; "
+                   "a flag given here wins); see robot/robot.example.toml")
+    p.add_argument("--camera", help="camera source (see above); required unless --config names one")
     p.add_argument("--bundle", type=Path, default=None,
                    help="deploy bundle directory (default: the packaged reference bundle)")
     p.add_argument("--gps", default=None,
@@ -98,7 +109,37 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--truth", type=Path, default=None,
                    help="a simulated field's truth.json: print how the counts and incidence compare")
-    p.set_defaults(func=_run)
+    p.add_argument("--annotate", type=Path, default=None, metavar="OUT.avi",
+                   help="write the overlay video of the run (boxes, track ids, labels, vegetation outline)")
+    _RUN_DEFAULTS.update({a.dest: a.default for a in p._actions if a.dest not in ("help", "config")})
+    p.set_defaults(func=_run, **{dest: _UNSET for dest in _RUN_DEFAULTS})
+
+    p = subparsers.add_parser(
+        "detect",
+        help="the robot's per-frame vision on still images: boxes, classes, health, vegetation masks",
+        description="Find plant candidates in each image, classify each, and write OUT.json: a list with one "
+        'entry per image, {"image", "width", "height", "detections": [{"box": [x0, y0, x1, y1], "class", '
+        '"health", "confidence"}]}; health is healthy, diseased, uncertain or background.',
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR", help="image files or folders of images")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="deploy bundle directory (default: the packaged reference bundle)")
+    p.add_argument("--json", type=Path, required=True, metavar="OUT.json", help="detections of every image")
+    p.add_argument("--masks", type=Path, default=None, metavar="DIR",
+                   help="write one PNG per image (same stem): 255 = vegetation, 0 = other, at the image's size")
+    p.add_argument("--annotate", type=Path, default=None, metavar="DIR",
+                   help="write each image with its boxes, labels and the vegetation outline drawn")
+    p.add_argument("--config", type=Path, default=None,
+                   help="robot.toml: its [localizer], [white_balance] and [bundle] sections apply")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for onnxruntime (default: all cores)")
+    p.set_defaults(func=_detect)
+
+    p = subparsers.add_parser("config", help="check a robot.toml settings file",
+                              description="Validate a robot.toml: unknown sections and keys, types, values.")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    c = csub.add_parser("check", help="validate FILE and print the settings it gives")
+    c.add_argument("file", type=Path, metavar="FILE")
+    c.set_defaults(func=_config_check)
 
 
 def build_sinks(args: argparse.Namespace, stack: Any) -> list[Any]:
@@ -140,7 +181,7 @@ def _simulate(args: argparse.Namespace) -> int:
     try:
         config = FieldConfig(rows=args.rows, row_length_m=args.row_length, lines=args.lines,
                              plant_spacing_m=args.spacing, speed_m_s=args.speed, fps=args.fps,
-                             video_quality=args.video_quality, seed=args.seed)
+                             video_quality=args.video_quality, seed=args.seed, conditions=args.conditions)
         if args.leaves is not None:
             leaves = LeafBank.from_folder(args.leaves, split=args.split, part=args.part,
                                           per_class=args.per_class, seed=args.seed)
@@ -197,6 +238,14 @@ def _run(args: argparse.Namespace) -> int:
     from .survey_store import SurveyStore, SurveyStoreError
     from .telemetry import TelemetryError
 
+    try:
+        settings = _resolve_run_flags(args)
+    except ValueError as e:  # ConfigError
+        print(f"leafscout run: error: {e}", file=sys.stderr)
+        return 2
+    if not args.camera:
+        print("leafscout run: error: --camera is required (or [camera] source in --config)", file=sys.stderr)
+        return 2
     if args.threads is not None:
         if args.threads < 1:
             print(f"leafscout run: error: --threads must be >= 1, got {args.threads}", file=sys.stderr)
@@ -216,9 +265,16 @@ def _run(args: argparse.Namespace) -> int:
             store = stack.enter_context(SurveyStore(args.db))
             if args.crop_fill is not None and not 0 <= args.crop_fill <= 255:
                 raise ClassifierError(f"--crop-fill must be a grey level 0-255, got {args.crop_fill}")
-            config = RuntimeConfig(robot_id=args.robot_id, survey_id=args.survey, crop_fill=args.crop_fill)
+            vision = {} if settings is None else {"localize": settings.localizer, "tracker": settings.tracker,
+                                                  "white_balance": settings.white_balance}
+            config = RuntimeConfig(robot_id=args.robot_id, survey_id=args.survey, crop_fill=args.crop_fill, **vision)
             sinks = build_sinks(args, stack)
             runtime = Runtime(capture, classifier, store, positions=positions, sinks=sinks, config=config)
+            if args.annotate is not None:
+                from .annotate import VideoAnnotator
+
+                runtime.annotator = stack.enter_context(
+                    VideoAnnotator(args.annotate, classifier, fps=getattr(capture, "fps", None) or 20.0))
             report = runtime.run(stop=stop, max_frames=args.max_frames)
     except (BundleError, CameraError, GpsError, SurveyStoreError, SimulationError, ClassifierError,
             TelemetryError, OSError) as e:
@@ -241,4 +297,98 @@ def _run(args: argparse.Namespace) -> int:
         for r in score["rows"]:
             print(f"  row {r['row']}: incidence {r['incidence']:.3f} vs true {r['incidence_truth']:.3f} "
                   f"({r['error_points']:+.1f} points), {r['plants']}/{r['plants_truth']} plants")
+    return 0
+
+
+def _resolve_run_flags(args: argparse.Namespace) -> Any:
+    """Fill every `run` flag not given on the command line from --config, else its default.
+
+    Returns the loaded ``RobotConfig`` (None without --config); raises ``ConfigError``.
+    """
+    settings = None
+    from_file: dict[str, Any] = {}
+    if args.config is not None:
+        from .config import PATH_FLAGS, load_config
+
+        settings = load_config(args.config)
+        from_file = {k: Path(v) if k in PATH_FLAGS else v for k, v in settings.run_flags().items()}
+    for dest, default in _RUN_DEFAULTS.items():
+        if getattr(args, dest, _UNSET) is _UNSET:
+            setattr(args, dest, from_file.get(dest, default))
+    return settings
+
+
+def _image_paths(items: list[Path]) -> list[Path]:
+    exts = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+    out: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            out += sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in exts)
+        elif item.is_file():
+            out.append(item)
+        else:
+            raise FileNotFoundError(f"no such image or folder: {item}")
+    return out
+
+
+def _detect(args: argparse.Namespace) -> int:
+    import cv2
+
+    from training.data import ImageReadError, read_image
+    from vision.bundle import BundleError, default_bundle_path, load_bundle
+    from vision.classifier import LeafClassifier
+    from vision.detect import Detector
+
+    from .annotate import draw
+    from .config import ConfigError, load_config
+    from .runtime import RuntimeConfig
+
+    try:
+        settings = load_config(args.config) if args.config is not None else None
+        paths = _image_paths(args.images)
+        bundle_dir = args.bundle or (settings and settings.bundle.path) or default_bundle_path()
+        bundle = load_bundle(bundle_dir, threads=args.threads)
+        detector = Detector(LeafClassifier(bundle),
+                            localize=settings.localizer if settings else None,
+                            white_balance=settings.white_balance if settings else RuntimeConfig().white_balance)
+        results = []
+        for d in (args.masks, args.annotate):
+            if d is not None:
+                d.mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            image = read_image(path)
+            found = detector(image, mask=args.masks is not None or args.annotate is not None)
+            results.append(found.to_json(str(path)))
+            if args.masks is not None and not cv2.imwrite(str(args.masks / f"{path.stem}.png"), found.mask):
+                raise OSError(f"could not write {args.masks / (path.stem + '.png')}")
+            if args.annotate is not None:
+                boxes = [(d.box, f"{d.cls.split('___')[-1]} {d.confidence:.2f}", d.health) for d in found.detections]
+                out = args.annotate / f"{path.stem}.jpg"
+                if not cv2.imwrite(str(out), draw(image, boxes, found.mask)):
+                    raise OSError(f"could not write {out}")
+    except (ConfigError, BundleError, ImageReadError, OSError) as e:
+        print(f"leafscout detect: error: {e}", file=sys.stderr)
+        return 2
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1) + "\n")
+    n = sum(len(r["detections"]) for r in results)
+    print(f"{len(results)} images, {n} detections -> {args.json}")
+    return 0
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .config import ConfigError, load_config
+
+    try:
+        settings = load_config(args.file)
+    except ConfigError as e:
+        print(f"leafscout config check: error: {e}", file=sys.stderr)
+        return 2
+    for f in dataclasses.fields(settings):
+        section = getattr(settings, f.name)
+        values = ", ".join(f"{k}={v!r}" for k, v in dataclasses.asdict(section).items() if v is not None)
+        print(f"[{f.name}] {values}")
+    print(f"{args.file}: ok")
     return 0

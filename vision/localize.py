@@ -46,6 +46,7 @@ class LocalizeConfig:
     work_width: int = 160  # segmentation resolution (pixels across)
     min_index: float = 0.09  # excess-green floor: Otsu's threshold is never below it (bare soil gives nothing)
     max_index: float = 0.3  # ... and never above this: a pale leaf among deep green ones is still a leaf
+    min_absolute: float = 0.02  # ... and green outright (its own index above this): grey stones on brown soil are not
     hysteresis: float = 0.04  # pixels this much below the threshold are vegetation where they touch vegetation
     brightness_k: float = 0.4  # damping of dark pixels in the index (x the frame's mean brightness)
     balance: bool = True  # white-balance the index against the frame's own soil
@@ -184,7 +185,7 @@ class LeafLocalizer:
         if cfg.denoise_px:
             small = cv2.medianBlur(small, cfg.denoise_px)
         return segment_vegetation(small, min_index=cfg.min_index, max_index=cfg.max_index, brightness_k=cfg.brightness_k,
-                                  balance=cfg.balance, hysteresis=cfg.hysteresis)
+                                  balance=cfg.balance, hysteresis=cfg.hysteresis, min_absolute=cfg.min_absolute)
 
     def detect(self, frame: np.ndarray) -> tuple[list[Detection], Segmentation]:
         """Detections (largest first) and the frame's segmentation at work resolution."""

@@ -4,7 +4,9 @@ The index is excess green on chromaticity, ``(2G - R - B) / (R + G + B + k * mea
 dividing by brightness makes it hold under exposure changes and shadows, and the
 ``k * mean`` term keeps dark, noisy pixels from swinging it. The index is taken
 relative to the frame's own background (the mean index of the pixels a first pass
-calls soil), so a colour cast or a greenish soil cannot move bare soil into the green.
+calls soil), so a colour cast or a greenish soil cannot move bare soil into the green;
+a pixel must also be green outright (``min_absolute``), or grey stones on brown soil
+would count.
 (Balancing the pixels' colour against brown soil instead turns dull blue-green leaves
 grey; measured, it lost a sixth of real PlantVillage leaves.)
 
@@ -55,9 +57,10 @@ def otsu_threshold(index: np.ndarray) -> float:
 
 
 def segment_vegetation(small: np.ndarray, *, min_index: float, max_index: float = 2.0, brightness_k: float = 1.0,
-                       balance: bool = True, hysteresis: float = 0.0) -> Segmentation:
+                       balance: bool = True, hysteresis: float = 0.0, min_absolute: float | None = None) -> Segmentation:
     """Vegetation mask of a (work-resolution) BGR frame; see the module docstring."""
-    index = vegetation_index(small, brightness_k=brightness_k)
+    raw = vegetation_index(small, brightness_k=brightness_k)
+    index = raw.copy()
     t0 = otsu_threshold(index)
     soil = (index <= t0).astype(np.uint8)
     background = np.asarray(cv2.mean(small, mask=soil)[:3], np.float32)
@@ -66,6 +69,9 @@ def segment_vegetation(small: np.ndarray, *, min_index: float, max_index: float 
         index -= np.float32(cv2.mean(index, mask=soil)[0])
         t0 = otsu_threshold(index)
     t = min(max(t0, min_index), max(min_index, max_index))
+    if balance and min_absolute is not None:
+        # greener than brown soil is not enough: grey stones are too. Vegetation is green outright.
+        index[raw <= min_absolute] -= 1.0
     mask = (index > t).astype(np.uint8) * 255
     if not mask.any():
         return Segmentation(mask, index, float("inf"), background)
