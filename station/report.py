@@ -1,5 +1,8 @@
 """Survey exports: one self-contained HTML report, a CSV of plant records, farmOS-shaped GeoJSON.
 
+Everything streams: ``leafscout report`` on a 100,000-plant survey takes seconds and
+bounded memory (``benchmarks/dashboard_bench.py``).
+
 The same functions serve the dashboard's download links (streamed) and the offline
 ``leafscout report`` command (written to a folder).
 
@@ -16,11 +19,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import csv
+import functools
 import io
 import json
 import logging
 import math
+import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -48,13 +54,15 @@ class ReportPaths:
     plants: int
     features: int
     skipped_without_position: int
+    problems: tuple[str, ...] = ()  # what the check of the observations found (empty: valid)
 
 
 def iso_time(t: float) -> str:
     """Unix seconds as ISO 8601 UTC with a 'Z' (what farmOS and most GIS tools parse)."""
-    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
+@functools.lru_cache(maxsize=4096)
 def crop_and_disease(label: str) -> tuple[str | None, str | None]:
     """PlantVillage-style 'Crop___Disease' to ('Crop', 'Disease'); healthy -> disease None."""
     if label == UNCERTAIN:
@@ -94,12 +102,17 @@ def csv_lines(conn: sqlite3.Connection, survey_id: str) -> Iterator[str]:
     from station.web.queries import iter_plants
 
     for p in iter_plants(conn, survey_id):
-        writer.writerow((csv_text(p["record_id"]), csv_text(p["robot_id"]), csv_text(p["survey_id"]), p["plant_id"],
-                         iso_time(p["t"]), p["t"], csv_text(p["label"]), p["class_index"], p["confidence"],
-                         p["diseased"], p["uncertain"], p["row"], p["metre"], p["lat"], p["lon"], p["frames"]))
+        writer.writerow(csv_row(p))
         if buf.tell() > 64 * 1024:
             yield flush()
     yield flush()
+
+
+def csv_row(p: sqlite3.Row | dict) -> tuple:
+    """One plant (a row of ``iter_plants``) as the values of ``CSV_COLUMNS``."""
+    return (csv_text(p["record_id"]), csv_text(p["robot_id"]), csv_text(p["survey_id"]), p["plant_id"],
+            iso_time(p["t"]), p["t"], csv_text(p["label"]), p["class_index"], p["confidence"], p["diseased"],
+            p["uncertain"], p["row"], p["metre"], p["lat"], p["lon"], p["frames"])
 
 
 # -- GeoJSON -------------------------------------------------------------------------
@@ -138,32 +151,37 @@ def _has_position(p: sqlite3.Row | dict) -> bool:
     return p["lat"] is not None and p["lon"] is not None and math.isfinite(p["lat"]) and math.isfinite(p["lon"])
 
 
-def geojson_chunks(conn: sqlite3.Connection, survey_id: str, counts: dict | None = None) -> Iterator[str]:
-    """The survey as a GeoJSON FeatureCollection, streamed as text chunks.
+GEOJSON_HEAD = '{"type": "FeatureCollection", "features": ['
 
-    ``counts``, if given, receives ``features`` and ``skipped_without_position`` at the end.
-    """
+
+def geojson_feature_text(feature: dict[str, Any], first: bool) -> str:
+    return ("\n" if first else ",\n") + json.dumps(feature, separators=(",", ":"))
+
+
+def geojson_tail(survey_id: str, features: int, skipped: int) -> str:
+    """The end of the collection, with the ``leafscout`` member counting what was left out."""
+    meta = {"survey_id": survey_id, "features": features, "skipped_without_position": skipped,
+            "crs": "WGS 84 (RFC 7946)"}
+    return f'\n], "leafscout": {json.dumps(meta)}}}\n'
+
+
+def geojson_chunks(conn: sqlite3.Connection, survey_id: str) -> Iterator[str]:
+    """The survey as a GeoJSON FeatureCollection, streamed as text chunks."""
     from station.web.queries import iter_plants
 
-    yield '{"type": "FeatureCollection", "features": ['
+    yield GEOJSON_HEAD
     n = skipped = 0
     parts: list[str] = []
     for p in iter_plants(conn, survey_id):
         if not _has_position(p):
             skipped += 1
             continue
-        parts.append((",\n" if n else "\n") + json.dumps(observation_feature(p), separators=(",", ":")))
+        parts.append(geojson_feature_text(observation_feature(p), n == 0))
         n += 1
         if len(parts) >= 500:
             yield "".join(parts)
             parts.clear()
-    parts.append("\n], ")
-    meta = {"survey_id": survey_id, "features": n, "skipped_without_position": skipped,
-            "crs": "WGS 84 (RFC 7946)"}
-    if counts is not None:
-        counts.update(features=n, skipped_without_position=skipped)
-    parts.append(f'"leafscout": {json.dumps(meta)}}}\n')
-    yield "".join(parts)
+    yield "".join(parts) + geojson_tail(survey_id, n, skipped)
 
 
 # The properties a farmOS import needs on every observation; checked by validate_observations.
@@ -200,17 +218,60 @@ def validate_observations(text: str) -> list[str]:
     problems = [f"GeoJSON: {e}" for e in _as_list(doc.errors())]
     validator = jsonschema.Draft202012Validator(OBSERVATION_SCHEMA)
     for i, feature in enumerate(doc["features"]):
-        geometry = feature.get("geometry") or {}
-        if geometry.get("type") != "Point":
-            problems.append(f"feature {i}: geometry must be a Point, got {geometry.get('type')!r}")
-        elif len(geometry["coordinates"]) in (2, 3):
-            lon, lat = geometry["coordinates"][:2]
-            if not (-180 <= lon <= 180 and -90 <= lat <= 90):
-                problems.append(f"feature {i}: [lon, lat] = [{lon}, {lat}] is outside WGS 84")
+        problems += _geometry_problems(i, feature.get("geometry"))
         problems += [f"feature {i}: {e.message}" for e in validator.iter_errors(feature.get("properties") or {})]
         if len(problems) > 20:
             break
     return problems
+
+
+def _geometry_problems(i: int, geometry: Any) -> list[str]:
+    geometry = geometry or {}
+    if geometry.get("type") != "Point":
+        return [f"feature {i}: geometry must be a Point, got {geometry.get('type')!r}"]
+    coordinates = geometry.get("coordinates")
+    if not isinstance(coordinates, list) or len(coordinates) not in (2, 3):
+        return [f"feature {i}: a Point needs exactly 2 or 3 values, got {coordinates!r}"]
+    lon, lat = coordinates[:2]
+    if not (-180 <= lon <= 180 and -90 <= lat <= 90):
+        return [f"feature {i}: [lon, lat] = [{lon}, {lat}] is outside WGS 84"]
+    return []
+
+
+class ObservationChecker:
+    """Checks observations while they are written, in bounded time and memory.
+
+    Every feature: its geometry (a Point inside WGS 84), timestamp, status and
+    confidence. The whole :data:`OBSERVATION_SCHEMA` (jsonschema, ~50 us a feature):
+    on the first feature of each label and every ``sample_every``-th, so 100,000
+    plants are checked in well under a second instead of ten.
+    """
+
+    def __init__(self, sample_every: int = 1000, max_problems: int = 20):
+        import jsonschema
+
+        self.validator = jsonschema.Draft202012Validator(OBSERVATION_SCHEMA)
+        self.sample_every, self.max_problems = sample_every, max_problems
+        self.timestamp = re.compile(OBSERVATION_SCHEMA["properties"]["timestamp"]["pattern"])
+        self.labels: set = set()
+        self.checked = 0
+        self.problems: list[str] = []
+
+    def check(self, feature: dict[str, Any]) -> None:
+        i = self.checked
+        self.checked += 1
+        if len(self.problems) >= self.max_problems:
+            return
+        props = feature.get("properties") or {}
+        problems = _geometry_problems(i, feature.get("geometry"))
+        if props.get("label") not in self.labels or i % self.sample_every == 0:
+            self.labels.add(props.get("label"))
+            problems += [f"feature {i}: {e.message}" for e in self.validator.iter_errors(props)]
+        elif not (isinstance(props.get("timestamp"), str) and self.timestamp.match(props["timestamp"])
+                  and props.get("status") in ("done", "pending") and 0 <= props.get("confidence", -1) <= 1):
+            problems.append(f"feature {i}: timestamp, status or confidence is not what farmOS takes: "
+                            f"{props.get('timestamp')!r}, {props.get('status')!r}, {props.get('confidence')!r}")
+        self.problems += problems
 
 
 def _as_list(errors: Any) -> list:
@@ -220,39 +281,13 @@ def _as_list(errors: Any) -> list:
 
 
 # -- HTML report ---------------------------------------------------------------------
-def timeline_png(buckets: list) -> bytes:
-    """Incidence over time with its 95% band, as a PNG (matplotlib, Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 2.8), dpi=100)
-    ax = fig.add_subplot()
-    decided = [b for b in buckets if b.incidence is not None]
-    if decided:
-        x = [datetime.fromtimestamp((b.t_start + b.t_end) / 2, tz=timezone.utc) for b in decided]
-        ax.fill_between(x, [100 * b.ci_lo for b in decided], [100 * b.ci_hi for b in decided],
-                        color="#d73027", alpha=0.15, linewidth=0, label="95% interval")
-        ax.plot(x, [100 * b.incidence for b in decided], color="#d73027", marker="o", ms=3, label="per interval")
-        ax.plot(x, [100 * b.cumulative for b in decided], color="#1f3b73", ls="--", label="running total")
-        ax.legend(loc="upper left", fontsize=8, frameon=False)
-    else:
-        ax.text(0.5, 0.5, "no decided plants", ha="center", va="center", transform=ax.transAxes)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("incidence (%)")
-    ax.set_xlabel("time (UTC)")
-    ax.grid(alpha=0.3)
-    fig.autofmt_xdate()
-    fig.tight_layout()
-    out = io.BytesIO()
-    fig.savefig(out, format="png")
-    return out.getvalue()
+MAP_POINTS_IN_REPORT = 5000  # diseased and uncertain plants drawn on the report's map
 
 
 def render_report(conn: sqlite3.Connection, robots: list, survey_id: str, thumbnail=None, *,
                   row_summaries: list = (), summary=None) -> str:
-    """The survey as one HTML document with inline CSS, SVG map, PNG plot and thumbnails.
+    """The survey as one HTML document with inline CSS, the field map (with its pan and
+    zoom script and the flagged plants as points), the time chart and thumbnails.
 
     ``robots`` are ``station.db.RobotInfo`` items, ``row_summaries`` the survey's
     ``StationDB.rows``; ``thumbnail(record_id)`` returns JPEG bytes
@@ -272,6 +307,7 @@ def render_report(conn: sqlite3.Connection, robots: list, survey_id: str, thumbn
             jpeg = thumbnail(p["record_id"])
             if jpeg:
                 gallery.append({**dict(p), "jpeg_b64": base64.b64encode(jpeg).decode("ascii")})
+    points = queries.flagged_points(conn, survey_id, limit=MAP_POINTS_IN_REPORT)
     in_survey = {r.robot_id for r in robots if r.survey_id == survey_id} | _survey_robots(conn, survey_id)
     return rendering.environment().get_template("report.html").render(
         survey_id=survey_id,
@@ -279,8 +315,10 @@ def render_report(conn: sqlite3.Connection, robots: list, survey_id: str, thumbn
         version=__version__,
         generated=views.utc_text(datetime.now(timezone.utc).timestamp()) + " UTC",
         css=rendering.stylesheet(),
-        field_map_svg=svg.survey_map(summary),
-        timeline_png_b64=base64.b64encode(timeline_png(summary.timeline)).decode("ascii"),
+        map_js=rendering.map_script(),
+        field_map_svg=svg.survey_map(summary, points),
+        map_points=len(points),
+        timeline_svg=svg.incidence_over_time(summary.timeline),
         robots=views.robot_views([r for r in robots if r.robot_id in in_survey]),
         now=None,
         gallery=gallery,
@@ -292,12 +330,15 @@ def _survey_robots(conn: sqlite3.Connection, survey_id: str) -> set[str]:
 
 
 def write_report(db: Any, survey_id: str, out_dir: str | Path) -> ReportPaths:
-    """Write ``report.html``, ``plants.csv`` and ``observations.geojson`` for one survey.
+    """Write ``report.html``, ``plants.csv`` and ``observations.geojson`` for one survey,
+    streaming: memory stays bounded however many plants the survey has, and the
+    observations are checked while they are written (``ReportPaths.problems``).
 
     ``db`` is a ``station.db.StationDB`` or the path of a station database.
     """
     from station.db import open_db
     from station.web import queries
+    from station.web.aggregates import SurveyAggregates
 
     with contextlib.ExitStack() as stack:
         if isinstance(db, (str, Path)):
@@ -311,14 +352,27 @@ def write_report(db: Any, survey_id: str, out_dir: str | Path) -> ReportPaths:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = out / "report.html", out / "plants.csv", out / "observations.geojson"
-        html = render_report(conn, db.robots(), survey_id, db.thumbnail, row_summaries=db.rows(survey_id))
+        # One pass over the plants writes both exports and folds the statistics for the page.
+        aggregates, checker = SurveyAggregates(), ObservationChecker()
+        features = skipped = 0
+        with paths[1].open("w", encoding="utf-8", newline="") as csv_file, \
+                paths[2].open("w", encoding="utf-8") as geo_file:
+            writer = csv.writer(csv_file, lineterminator="\n")
+            writer.writerow(CSV_COLUMNS)
+            geo_file.write(GEOJSON_HEAD)
+            for p in aggregates.folding(queries.iter_plants(conn, survey_id)):
+                writer.writerow(csv_row(p))
+                if not _has_position(p):
+                    skipped += 1
+                    continue
+                feature = observation_feature(p)
+                checker.check(feature)
+                geo_file.write(geojson_feature_text(feature, features == 0))
+                features += 1
+            geo_file.write(geojson_tail(survey_id, features, skipped))
+        summary = aggregates.summary(conn, survey_id, db.rows(survey_id))
+        html = render_report(conn, db.robots(), survey_id, db.thumbnail, summary=summary)
         paths[0].write_text(html, encoding="utf-8")
-        with paths[1].open("w", encoding="utf-8", newline="") as f:
-            f.writelines(csv_lines(conn, survey_id))
-        counts: dict[str, int] = {}
-        with paths[2].open("w", encoding="utf-8") as f:
-            f.writelines(geojson_chunks(conn, survey_id, counts))
-    features, skipped = counts["features"], counts["skipped_without_position"]
     log.info("survey %s: %d plants, %d observations (%d without position) -> %s",
              survey_id, features + skipped, features, skipped, out)
-    return ReportPaths(*paths, features + skipped, features, skipped)
+    return ReportPaths(*paths, features + skipped, features, skipped, tuple(checker.problems))

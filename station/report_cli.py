@@ -9,7 +9,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "report",
         help="write a survey's HTML report, plant CSV and farmOS GeoJSON from a station database",
         description="Write report.html (self-contained), plants.csv and observations.geojson for one "
-                    "survey. Works offline on a copy of the station database; the GeoJSON is validated.",
+                    "survey. Works offline on a copy of the station database and streams (bounded memory); "
+                    "the GeoJSON is checked while it is written.",
     )
     p.add_argument("--db", required=True, metavar="PATH",
                    help="station database file (SQLite) written by `leafscout station`")
@@ -24,7 +25,7 @@ def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from station.db import open_db
-    from station.report import ReportError, validate_observations, write_report
+    from station.report import ReportError, write_report
 
     if not Path(args.db).is_file():
         print(f"error: no station database at {args.db!r}", file=sys.stderr)
@@ -43,9 +44,8 @@ def _run(args: argparse.Namespace) -> int:
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    problems = validate_observations(paths.geojson.read_text(encoding="utf-8"))
-    if problems:
-        print(f"error: {paths.geojson} is not valid: " + "; ".join(problems[:5]), file=sys.stderr)
+    if paths.problems:  # checked while written (station.report.ObservationChecker)
+        print(f"error: {paths.geojson} is not valid: " + "; ".join(paths.problems[:5]), file=sys.stderr)
         return 1
     print(f"{paths.html}\n{paths.csv}\n{paths.geojson}")
     print(f"{paths.plants} plants; {paths.features} observations in the GeoJSON "

@@ -68,10 +68,15 @@ def test_html_report_is_self_contained_and_shows_the_true_numbers(survey, tmp_pa
     db_path, truth = survey
     paths = write_report(db_path, "north-field", tmp_path / "out")
     html = paths.html.read_text(encoding="utf-8")
-    # Nothing to fetch: no external src/href/url(), plots and thumbnails inline.
+    # Nothing to fetch: no external src/href/url(), map script, plots and thumbnails inline.
     assert not re.search(r"""(src|href)\s*=\s*["'](?!data:|#)""", html)
-    assert "url(" not in html and "<link" not in html and "<script" not in html
-    assert "data:image/png;base64," in html and html.count("data:image/jpeg;base64,") == min(truth.thumbnails, 24)
+    assert "url(" not in html and "<link" not in html and "<script src" not in html
+    assert html.count("<script>") == 1 and "FieldMap" in html  # the dashboard's pan and zoom, inline
+    assert '<svg class="timeline"' in html and html.count("data:image/jpeg;base64,") == min(truth.thumbnails, 24)
+    # The same map as the dashboard: cells along the rows, and the flagged plants as points.
+    points = re.findall(r'<circle class="plant (\w+)"', html)
+    assert set(points) == {"diseased", "uncertain"} and len(points) == truth.diseased + truth.uncertain
+    assert html.count('class="row-cell"') > len(truth.rows)
     bars = dict(re.findall(r'data-row="(\d+)" data-incidence="([\d.]+)"', html))
     assert {int(k): float(v) for k, v in bars.items()} == pytest.approx(
         {r.row: r.incidence for r in truth.rows}, abs=1e-4)
@@ -103,6 +108,46 @@ def test_validation_catches_broken_observations(survey, tmp_path, change, proble
     change(doc["features"][3])
     problems = validate_observations(json.dumps(doc))
     assert any(problem in p for p in problems), problems
+
+
+def test_report_command_streams_in_bounded_memory(tmp_path, capsys):
+    import tracemalloc
+
+    path = tmp_path / "big.db"
+    with open_db(path) as db:
+        truth = fill_survey(db, "big", row_incidence=[r / 40 for r in range(20)], plants_per_row=1000,
+                            thumbnails=False)
+    tracemalloc.start()
+    try:
+        assert _cli(["report", "--db", str(path), "--survey", "big", "--out", str(tmp_path / "out")]) == 0
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert f"{truth.plants} plants" in capsys.readouterr().out
+    geojson_mb = (tmp_path / "out" / "observations.geojson").stat().st_size / 2**20
+    # Reading the 20,000-feature file back to validate it took ~10x its size; streamed, the
+    # peak is the summary and the HTML page, not the plants.
+    assert geojson_mb > 8 and peak / 2**20 < 2 * geojson_mb
+
+
+def test_observation_checker_sees_broken_features_while_writing():
+    from station.report import ObservationChecker, observation_feature
+
+    plant = {"record_id": "r:1", "robot_id": "r", "survey_id": "s", "plant_id": 1, "t": 1_780_000_000.0,
+             "label": "Tomato___Late_blight", "confidence": 0.9, "diseased": 1, "uncertain": 0, "row": 1,
+             "metre": 2.0, "lat": 52.0, "lon": 5.0, "frames": 3}
+    checker = ObservationChecker(sample_every=1000)
+    for i in range(5):
+        checker.check(observation_feature({**plant, "plant_id": i}))
+    assert checker.problems == []
+    checker.check(observation_feature({**plant, "confidence": 1.5}))  # not sampled: the cheap checks
+    checker.check(observation_feature({**plant, "lat": 95.0}))
+    bad_label = observation_feature({**plant, "label": "Tomato___Mosaic"})
+    bad_label["properties"]["status"] = "maybe"  # a new label: the whole schema
+    checker.check(bad_label)
+    assert len(checker.problems) == 3
+    assert "confidence" in checker.problems[0] and "outside WGS 84" in checker.problems[1]
+    assert "'maybe' is not one of" in checker.problems[2]
 
 
 @pytest.mark.parametrize("label, crop, disease", [

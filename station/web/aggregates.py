@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import threading
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from robot.field_stats import wilson_interval
@@ -235,6 +236,7 @@ class SurveyAggregates:
         self._lock = threading.Lock()
         self._surveys: dict[str, _Survey] = {}
         self._last = {"plants": 0, "thumbnails": 0, "heartbeats": 0}
+        self._read_plants = True  # False once ``folding`` has been given the plants
 
     def _survey(self, survey_id: str) -> _Survey:
         s = self._surveys.get(survey_id)
@@ -245,14 +247,25 @@ class SurveyAggregates:
     def refresh(self, conn: sqlite3.Connection) -> None:
         """Fold in every plant, thumbnail and heartbeat stored since the last call."""
         with self._lock:
-            self._read(conn, "plants", "SELECT rowid, survey_id, row, label, diseased, uncertain, metre, t, lat, lon "
-                                       "FROM plants WHERE rowid > ? ORDER BY rowid", self._add_plant)
+            if self._read_plants:
+                self._read(conn, "plants", "SELECT rowid, survey_id, row, label, diseased, uncertain, metre, t, lat, "
+                                           "lon FROM plants WHERE rowid > ? ORDER BY rowid", self._add_plant)
             self._read(conn, "thumbnails", "SELECT th.rowid, p.survey_id, p.diseased, p.uncertain FROM thumbnails th "
                                            "JOIN plants p ON p.record_id = th.record_id WHERE th.rowid > ? "
                                            "ORDER BY th.rowid", self._add_thumbnail)
             self._read(conn, "heartbeats", "SELECT rowid, robot_id, survey_id, t, row, metre, lat, lon FROM heartbeats "
                                            "WHERE rowid > ? AND survey_id IS NOT NULL ORDER BY rowid",
                        self._add_heartbeat)
+
+    def folding(self, plants: Iterable[Mapping]) -> Iterator[Mapping]:
+        """Yield ``plants`` (rows of :func:`station.web.queries.iter_plants`, one survey's)
+        after folding each in: an offline report reads the plants once for its exports
+        and its statistics. Plants are then never read from the database."""
+        self._read_plants = False
+        for p in plants:
+            self._add_plant((None, p["survey_id"], p["row"], p["label"], p["diseased"], p["uncertain"], p["metre"],
+                             p["t"], p["lat"], p["lon"]))
+            yield p
 
     def _read(self, conn: sqlite3.Connection, table: str, sql: str, add) -> None:
         # One snapshot per table read; rows committed later are picked up next time.

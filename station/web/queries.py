@@ -138,11 +138,21 @@ def plants_in_view(conn: sqlite3.Connection, survey_id: str, *, row_min: int, ro
                    metre_max: float, where: str = "1", params: tuple = (), limit: int = 2000) -> list[dict]:
     """The plants of rows ``row_min``..``row_max`` between two metres (the map's view), at most
     ``limit`` (the survey index ``plants_survey`` covers the range)."""
+    return _points(conn, f"p.row BETWEEN ? AND ? AND p.metre BETWEEN ? AND ? AND {where}",
+                   (survey_id, row_min, row_max, metre_min, metre_max, *params), limit)
+
+
+def flagged_points(conn: sqlite3.Connection, survey_id: str, *, limit: int = 5000) -> list[dict]:
+    """Diseased and uncertain plants with a place in a row (the report's map points)."""
+    return _points(conn, "(p.diseased OR p.uncertain) AND p.row IS NOT NULL AND p.metre IS NOT NULL",
+                   (survey_id,), limit)
+
+
+def _points(conn: sqlite3.Connection, where: str, params: tuple, limit: int) -> list[dict]:
     rows = conn.execute(
         "SELECT p.record_id, p.plant_id, p.robot_id, p.t, p.label, p.confidence, p.diseased, p.uncertain, p.row, "
         "p.metre, EXISTS(SELECT 1 FROM thumbnails th WHERE th.record_id = p.record_id) AS thumbnail FROM plants p "
-        f"WHERE p.survey_id = ? AND p.row BETWEEN ? AND ? AND p.metre BETWEEN ? AND ? AND {where} LIMIT ?",
-        (survey_id, row_min, row_max, metre_min, metre_max, *params, limit),
+        f"WHERE p.survey_id = ? AND {where} LIMIT ?", (*params, limit),
     ).fetchall()
     return [{**dict(r), "thumbnail": bool(r["thumbnail"]), "diseased": bool(r["diseased"]),
              "uncertain": bool(r["uncertain"])} for r in rows]

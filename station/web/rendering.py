@@ -38,3 +38,8 @@ def environment() -> jinja2.Environment:
 def stylesheet() -> str:
     """The dashboard's CSS, for inlining into self-contained files."""
     return (STATIC_DIR / "style.css").read_text(encoding="utf-8")
+
+
+def map_script() -> str:
+    """The field map's script (pan, zoom, click-through), for inlining into the report."""
+    return (STATIC_DIR / "map.js").read_text(encoding="utf-8")
