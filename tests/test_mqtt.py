@@ -154,7 +154,7 @@ def test_bad_urls_are_named():
     assert (s.host, s.port, s.username, s.password, s.tls, s.ca_file) == ("h", 8883, "u", "p@ss", True, "/ca.pem")
 
 
-def test_passwords_never_in_urls_that_are_printed_or_logged(tmp_path, capsys, tiny_bundle):
+def test_passwords_never_in_urls_that_are_printed_or_logged(tmp_path, capsys):
     """Before: passwords went on the command line and were echoed in errors and a traceback."""
     from leafscout.cli import main
     from robot.mqtt_link import redact_url
@@ -165,7 +165,7 @@ def test_passwords_never_in_urls_that_are_printed_or_logged(tmp_path, capsys, ti
     with pytest.raises(MqttLinkError) as e:
         parse_mqtt_url("mqtt://r1:s3cret@h:notaport")
     assert "s3cret" not in str(e.value)
-    rc = main(["run", "--camera", "sim:rows=1,length=1", "--bundle", str(tiny_bundle), "--threads", "1",
+    rc = main(["run", "--camera", "sim:rows=1,length=1", "--threads", "1",
                "--mqtt", "mqtt://r1:s3cret@127.0.0.1:1", "--robot-id", "r1", "--state-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "holds a password" in err and "s3cret" not in err
