@@ -60,9 +60,12 @@ class SerialSection:
 
 @dataclass(frozen=True)
 class MqttSection:
-    url: str | None = None  # --mqtt
+    url: str | None = None  # --mqtt (no password in it: password_file or $LEAFSCOUT_MQTT_PASSWORD)
     outbox: str | None = None  # --outbox
     hmac_key_file: str | None = None  # --hmac-key-file
+    password_file: str | None = None  # --password-file
+    state_dir: str | None = None  # --state-dir
+    outbox_limit: int | None = None  # --outbox-limit
 
 
 @dataclass(frozen=True)
@@ -115,12 +118,14 @@ RUN_FLAGS: dict[tuple[str, str], str] = {
     ("gps", "port"): "gps", ("gps", "baud"): "baud", ("gps", "field"): "field",
     ("serial", "port"): "serial", ("serial", "baud"): "serial_baud",
     ("mqtt", "url"): "mqtt", ("mqtt", "outbox"): "outbox", ("mqtt", "hmac_key_file"): "hmac_key_file",
+    ("mqtt", "password_file"): "password_file", ("mqtt", "state_dir"): "state_dir",
+    ("mqtt", "outbox_limit"): "outbox_limit",
     ("bundle", "path"): "bundle", ("bundle", "int8"): "int8", ("bundle", "providers"): "providers",
     ("bundle", "abstain_below"): "abstain_below", ("bundle", "crop_fill"): "crop_fill",
     ("survey", "id"): "survey", ("survey", "robot_id"): "robot_id", ("survey", "db"): "db",
     ("survey", "report"): "report",
 }
-PATH_FLAGS = {"field", "outbox", "hmac_key_file", "bundle", "db", "report"}  # argparse gives these as Path
+PATH_FLAGS = {"field", "outbox", "hmac_key_file", "password_file", "state_dir", "bundle", "db", "report"}  # argparse gives these as Path
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:

@@ -176,3 +176,12 @@ def test_undeliverable_records_are_dropped_and_counted_never_blocking_the_queue(
                 "INSERT INTO outbox VALUES (1000, 'plant', '{\"kind\": \"plant\"}', NULL, NULL, 0)")
         assert [i.record for i in sink.outbox.pending()] == [plant(1), plant(2)]
         assert sink.outbox.stats().dropped["unreadable"] == 1
+
+
+def test_outbox_limit_and_state_dir_come_from_robot_toml():
+    from robot.config import parse_config
+
+    cfg = parse_config({"mqtt": {"outbox_limit": 500, "state_dir": "/var/lib/leafscout/r1",
+                                 "password_file": "r1.password"}})
+    assert cfg.run_flags() == {"outbox_limit": 500, "state_dir": "/var/lib/leafscout/r1",
+                               "password_file": "r1.password"}
