@@ -272,12 +272,15 @@ class StationDB:
 
     def serial_hello(self, robot_id: str, boot: str, seq: int) -> bool:
         """Make ``boot`` the robot's current outbox id; False for a stale HELLO (a replay:
-        not newer than the last HELLO accepted for that boot)."""
+        older than the last HELLO accepted for that boot, or that same HELLO once another
+        boot took over). The current boot's last HELLO again is a retransmission: True."""
         with self._tx() as c:
-            row = c.execute("SELECT hello_seq FROM serial_boots WHERE robot_id=? AND boot=?",
+            row = c.execute("SELECT hello_seq, current FROM serial_boots WHERE robot_id=? AND boot=?",
                             (robot_id, boot)).fetchone()
-            if row is not None and seq <= row[0]:
+            if row is not None and (seq < row[0] or (seq == row[0] and not row[1])):
                 return False
+            if row is not None and seq == row[0]:
+                return True
             c.execute("UPDATE serial_boots SET current=0 WHERE robot_id=?", (robot_id,))
             c.execute("INSERT INTO serial_boots VALUES (?,?,?,1) ON CONFLICT(robot_id, boot) DO UPDATE "
                       "SET hello_seq=excluded.hello_seq, current=1", (robot_id, boot, seq))

@@ -76,6 +76,8 @@ def test_replayed_hello_of_an_old_outbox_cannot_take_over(tmp_path):
     with Station(tmp_path / "s.db", serial="loop://") as st:
         db = st.db
         assert db.serial_hello("r1", "a" * 32, 5)
+        assert db.serial_hello("r1", "a" * 32, 5)  # retransmitted (our ACK was lost): acknowledged again
+        assert not db.serial_hello("r1", "a" * 32, 4)
         assert db.serial_hello("r1", "b" * 32, 1)  # a new outbox: seqs start again
         assert not db.serial_hello("r1", "a" * 32, 5)  # replay of the old HELLO
         assert db.serial_boot("r1") == "b" * 32
