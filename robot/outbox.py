@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import sqlite3
@@ -238,7 +239,7 @@ class Outbox:
             rows = self._reader.execute(
                 "SELECT seq, body FROM counted WHERE survey_id=? AND plant_id>=? ORDER BY plant_id",
                 (survey_id, plant_id)).fetchall()
-        return [(seq, record_from_dict(json.loads(body))) for seq, body in rows]
+        return [(seq, record_from_dict(json.loads(body), now=math.inf)) for seq, body in rows]
 
     def count_rejected(self, n: int) -> None:
         """Records the station refused for good (they were removed with ``remove``)."""
@@ -293,7 +294,8 @@ class Outbox:
             if seq in exclude:
                 continue
             try:
-                items.append(OutboxItem(seq, record_from_dict(json.loads(body)), thumb, self.outbox_id))
+                # checked when it was put; the clock may have been set back since
+                items.append(OutboxItem(seq, record_from_dict(json.loads(body), now=math.inf), thumb, self.outbox_id))
             except (ValueError, TypeError) as e:  # written by an older, laxer version: never deliverable
                 log.error("outbox record %d is unreadable (%s); dropping it", seq, e)
                 bad.append(seq)

@@ -102,7 +102,7 @@ def _check_value(where: str, name: str, value: object, now: float) -> None:
         raise RecordError(f"{where}: {value!r} is out of range [{lo}, {hi}]")
 
 
-def _check(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+def _check(cls: type, d: dict[str, Any], now: float | None = None) -> dict[str, Any]:
     if not isinstance(d, dict):
         raise RecordError(f"{cls.__name__} must be a JSON object, got {type(d).__name__}")
     names = {f.name: f for f in fields(cls)}
@@ -118,7 +118,7 @@ def _check(cls: type, d: dict[str, Any]) -> dict[str, Any]:
         if d[name] is None and f.default is MISSING:
             raise RecordError(f"{cls.__name__}.{name}: required, got null")
         out[name] = d[name]
-    now = time.time()
+    now = time.time() if now is None else now
     for name, kinds in cls._types.items():
         value = out.get(name)
         if isinstance(value, bool) or (value is not None and not isinstance(value, kinds)):
@@ -141,11 +141,12 @@ class _Record:
         return {"kind": self.kind, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Any:
+    def from_dict(cls, d: dict[str, Any], now: float | None = None) -> Any:
+        """``now``: the clock the time limit is checked against (default: time.time())."""
         d = dict(d)
         if d.pop("kind", cls.kind) != cls.kind:
             raise RecordError(f"not a {cls.kind} record")
-        return cls(**_check(cls, d))
+        return cls(**_check(cls, d, now))
 
 
 @dataclass(frozen=True)
@@ -240,9 +241,11 @@ def checked(record: Any) -> Any:
     return record
 
 
-def record_from_dict(d: dict[str, Any]) -> PlantRecord | RowSummary | Heartbeat:
+def record_from_dict(d: dict[str, Any], now: float | None = None) -> PlantRecord | RowSummary | Heartbeat:
+    """Parse and check a record's JSON form; ``now=math.inf`` skips the "not in the future" limit
+    (records read back from the robot's own outbox: a clock set back must not make them unreadable)."""
     kind = d.get("kind") if isinstance(d, dict) else None
     if not isinstance(kind, str) or kind not in RECORD_TYPES:
         got = kind if isinstance(d, dict) else type(d).__name__
         raise RecordError(f"unknown record kind {got!r}; expected one of {sorted(RECORD_TYPES)}")
-    return RECORD_TYPES[d["kind"]].from_dict(d)
+    return RECORD_TYPES[d["kind"]].from_dict(d, now)

@@ -185,3 +185,15 @@ def test_outbox_limit_and_state_dir_come_from_robot_toml():
                                  "password_file": "r1.password"}})
     assert cfg.run_flags() == {"outbox_limit": 500, "state_dir": "/var/lib/leafscout/r1",
                                "password_file": "r1.password"}
+
+
+def test_a_clock_set_back_does_not_make_queued_records_unreadable(tmp_path, monkeypatch):
+    """Records are checked (time within a day of now) when queued, not again when read back."""
+    import robot.records
+
+    with Outbox(tmp_path / "o.db") as ob:
+        now = time.time()
+        ob.put(PlantRecord("r1", "s1", 1, now, "Tomato___healthy", 0, 0.9, 3))
+        monkeypatch.setattr(robot.records.time, "time", lambda: now - 3 * 86400)  # the clock jumps back 3 days
+        assert [i.record.plant_id for i in ob.pending()] == [1]
+        assert ob.stats().dropped["unreadable"] == 0
