@@ -18,6 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="report_out", metavar="DIR",
                    help="folder for the three files (created; default: report_out)")
     p.set_defaults(func=_run)
+    # The farmOS export sits beside the report (same data, another destination).
+    from station.farmos_cli import register as register_farmos
+
+    register_farmos(subparsers)
 
 
 def _run(args: argparse.Namespace) -> int:

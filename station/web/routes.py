@@ -162,6 +162,15 @@ def observations_geojson(request: Request, survey_id: str, who: Principal = Depe
                              headers=_attachment(survey_id, "_observations.geojson"))
 
 
+@router.get("/surveys/{survey_id:anyid}/farmos.json", name="farmos_json")
+def farmos_json(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
+    """The survey as farmOS JSON:API records (what ``leafscout farmos export`` writes)."""
+    from station.farmos import farmos_document
+
+    doc = farmos_document(_known_survey(request, survey_id), survey_id)
+    return JSONResponse(doc, media_type="application/vnd.api+json", headers=_attachment(survey_id, "_farmos.json"))
+
+
 @router.get("/surveys/{survey_id:anyid}/report.html", name="report_html")
 def report_html(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
     state = station_state(request)
