@@ -3,7 +3,6 @@ JSON:API attributes, pushed with farmOS.py to a local HTTP server that records r
 (farmOS itself cannot run here)."""
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import threading
@@ -15,8 +14,8 @@ from urllib.parse import parse_qs
 import pytest
 
 from station.db import open_db
-from station.report_cli import register
 from station.web.sample_data import fill_survey
+from test_report import _cli  # the leafscout commands registered by station.report_cli
 
 # From farmOS's data model (farmOS 2.x/3.x: docs "Logs", "Quantities", "Assets", and the
 # JSON:API schema at /api/log/observation/resource/schema on a farmOS server).
@@ -98,13 +97,6 @@ def survey(tmp_path):
         truth = fill_survey(db, "north", row_incidence=ROW_INCIDENCE, plants_per_row=60, uncertain_per_row=4,
                             thumbnails=False)
     return path, truth
-
-
-def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    args = parser.parse_args(argv)
-    return args.func(args)
 
 
 def _quantities(farm: RecordingFarm, log: dict) -> dict[str, str]:
