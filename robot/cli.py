@@ -111,7 +111,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="a simulated field's truth.json: print how the counts and incidence compare")
     p.add_argument("--annotate", type=Path, default=None, metavar="OUT.avi",
                    help="write the overlay video of the run (boxes, track ids, labels, vegetation outline)")
-    _RUN_DEFAULTS.update({a.dest: a.default for a in p._actions if a.dest not in ("help", "config")})
+    for action in p._actions:  # the first action of a dest gives its default, as in argparse (--live before --replay)
+        if action.dest not in ("help", "config"):
+            _RUN_DEFAULTS.setdefault(action.dest, action.default)
     p.set_defaults(func=_run, **{dest: _UNSET for dest in _RUN_DEFAULTS})
 
     p = subparsers.add_parser(

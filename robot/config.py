@@ -149,7 +149,7 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
                 raise ConfigError(f"{where} = {value!r}: expected a list of {len(args)}")
             return tuple(_check_type(v, a, where) for v, a in zip(value, args))
         return tuple(_check_type(v, item, where) for v in value)
-    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):  # 1 is 1.0
         return float(value)
     if annotation in (int, str, bool) and type(value) is annotation:
         return value

@@ -30,7 +30,7 @@ __all__ = ["TrackerConfig", "Track", "PlantTracker"]
 class TrackerConfig:
     gate: float = 0.6  # max match distance, as a fraction of the leaf's larger box side
     max_missed: int = 4  # camera frames a track may go unseen (occlusion, merged with a neighbour)
-    min_frames: int = 6  # shorter tracks are not plants (a plant crossing the view at 20 px/frame is seen ~35 times)
+    min_frames: int = 8  # shorter tracks are not plants (a plant crossing the view at 20 px/frame is seen ~35 times)
     votes: int = 3  # classifications per plant, at most (each costs a model call: the main per-frame cost)
     vote_every: int = 8  # frames between two classifications: views from right, centre and left of the picture
     new_overlap: float = 0.3  # a detection overlapping a matched track this much is a fragment, not a plant

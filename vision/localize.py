@@ -59,7 +59,7 @@ class LocalizeConfig:
     min_fill: float = 0.35  # share of a filled blob that is vegetation (the rest: lesions, or soil between specks)
     split_solidity: float = 1.0  # blobs less solid than this are tried for touching leaves (1: all; a chain of
     # overlapping round leaves is nearly convex)
-    split_ratios: tuple[float, ...] = (0.5, 0.65, 0.8)  # leaf cores: depth >= this x the blob's deepest, tried in turn
+    split_ratios: tuple[float, ...] = (0.5, 0.65)  # leaf cores: depth >= this x the blob's deepest, tried in turn
     min_core_px: float = 3.0  # a leaf is at least this deep (distance to its edge, work pixels): grass tufts are not
     mask_width: int = 0  # resolution of vegetation masks (leafscout detect --masks); 0: the image's own
 
