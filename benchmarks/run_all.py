@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "training": ("_bench_training.md", [PY, "benchmarks/train_bench.py", "--out-root", "bench_out/training"]),
     "deploy": ("_bench_deploy.md", [PY, "-m", "leafscout", "bench", "vision/reference_bundle", "--seconds", "2",
                                     "--json", "bench_out/deploy_bench.json", "--markdown", "bench_out/deploy_bench.md"]),
+    "field": ("_bench_field.md", [PY, "benchmarks/field_bench.py"]),
     "study": ("_bench_study.md", [PY, "-m", "leafscout", "study", "bn", "--out", "bench_out/bn_study", "--no-progress"]),
     "robot": ("_bench_robot.md", [PY, "benchmarks/replay_bench.py", "--rows", "6", "--also-seeds", "1", "2"]),
     "telemetry": ("_bench_telemetry.md", [PY, "benchmarks/telemetry_bench.py", "--out", "bench_out/telemetry.json"]),

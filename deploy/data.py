@@ -44,11 +44,13 @@ def split_beside(checkpoint: str | os.PathLike) -> Path:
 
 
 def _candidates(name: str, recorded: Path, index: int, data: list[Path]) -> list[Path]:
-    """Folders that may hold source ``name`` now: a --data folder of that name, the only
-    --data folder (one source), the recorded root, the shared data folder, the default."""
+    """Folders that may hold source ``name`` now: a --data folder of that name or the only
+    --data folder (one source), else the recorded root, the shared data folder, the default."""
     out = [d for d in data if d.name == name]
     if len(data) == 1 and index == 0:
         out.append(data[0])
+    if out:  # a folder given for this source is the only place to look
+        return list(dict.fromkeys(out))
     out.append(recorded)
     shared = REPO_ROOT.parent / "shared" / "data" / name
     out.append(shared)

@@ -54,10 +54,13 @@ class RowStats:
     def ci95(self) -> tuple[float, float]:
         return wilson_interval(self.diseased, self.decided)
 
-    def add(self, label: str, count: int = 1) -> None:
+    def add(self, label: str, count: int = 1, health: str | None = None) -> None:
+        """Count a plant; ``health`` (from the bundle's taxonomy) decides, else the class name does."""
+        uncertain = label == UNCERTAIN or health == UNCERTAIN
+        diseased = health == "diseased" if health is not None else is_diseased(label)
         self.plants += count
-        self.diseased += count if is_diseased(label) else 0
-        self.uncertain += count if label == UNCERTAIN else 0
+        self.diseased += count if diseased and not uncertain else 0
+        self.uncertain += count if uncertain else 0
         self.by_class[label] += count
 
     def to_json(self, ndigits: int = 6) -> dict:
@@ -81,13 +84,13 @@ class FieldStats:
         self.rows: dict[int | None, RowStats] = {}
 
     def add(self, record: PlantRecord) -> RowStats:
-        return self.add_label(record.row, record.label)
+        return self.add_label(record.row, record.label, health=record.health)
 
-    def add_label(self, row: int | None, label: str, count: int = 1) -> RowStats:
+    def add_label(self, row: int | None, label: str, count: int = 1, health: str | None = None) -> RowStats:
         stats = self.rows.get(row)
         if stats is None:
             stats = self.rows[row] = RowStats(row)
-        stats.add(label, count)
+        stats.add(label, count, health)
         return stats
 
     def total(self) -> RowStats:

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from vision.classifier import LeafClassifier
+from vision.taxonomy import BACKGROUND
 from vision.localize import LeafLocalizer, LocalizeConfig, masked_square_crop, square_crop
 from vision.white_balance import SOIL_BGR, WhiteBalance, apply_gains, balance_gains
 
@@ -96,6 +97,7 @@ class Runtime:
         self.detections = 0
         self.views = 0
         self.uncertain_views = 0
+        self.background_tracks = 0  # tracks the classifier called background: not counted as plants
         self.sink_errors = 0
         self.lags: list[float] = []
         self._dirty_rows: set = set()
@@ -187,12 +189,16 @@ class Runtime:
             if not track.votes:  # seen, but never a usable view (e.g. only a sliver at the edge)
                 continue
             decision = self.classifier.vote(np.stack(track.votes))
+            if decision.health == BACKGROUND:  # the classifier says: not a plant (soil, straw, a weed)
+                self.background_tracks += 1
+                continue
             label = UNCERTAIN if decision.uncertain else self.classifier.classes[decision.index]
             where: Position = track.where or now
             record = PlantRecord(
                 cfg.robot_id, cfg.survey_id, state.next_plant_id, round(float(where.t), 3), label, decision.index,
                 round(decision.confidence, 6), track.frames, where.row,
                 None if where.metre is None else round(where.metre, 3), where.lat, where.lon,
+                health=decision.health,  # from the bundle's taxonomy, never from the class name
             )
             state.next_plant_id += 1
             thumb = None
@@ -275,6 +281,7 @@ class Runtime:
             "classifier": {
                 "classes": len(self.classifier.classes), "abstain_below": self.classifier.abstain_below,
                 "views": self.views, "uncertain_views": self.uncertain_views, "batches": self.classifier.calls,
+                "background_tracks": self.background_tracks,
             },
             "tracker": {
                 "noise_tracks": self.tracker.noise_tracks if self.tracker else 0,

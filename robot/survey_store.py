@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS plants (
     metre REAL,
     lat REAL,
     lon REAL,
+    health TEXT,
     PRIMARY KEY (survey_id, plant_id)
 );
 """
@@ -77,6 +78,10 @@ class SurveyStore:
                     raise SurveyStoreError(f"{self.path}: SQLite refused WAL mode (got {mode!r})")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(plants)")}
+            if "health" not in columns:  # a survey database from before health came from the taxonomy
+                with self._db:
+                    self._db.execute("ALTER TABLE plants ADD COLUMN health TEXT")
         except sqlite3.Error as e:
             raise SurveyStoreError(f"cannot open survey database {self.path}: {e}") from e
 
@@ -93,11 +98,12 @@ class SurveyStore:
                 sessions = row[0] + 1
                 self._db.execute("UPDATE surveys SET sessions = ? WHERE survey_id = ?", (sessions, survey_id))
         stats = FieldStats()
-        for r, label, n in self._db.execute(
-            "SELECT row, label, COUNT(*) FROM plants WHERE survey_id = ? GROUP BY row, label ORDER BY row, label",
+        for r, label, health, n in self._db.execute(
+            "SELECT row, label, health, COUNT(*) FROM plants WHERE survey_id = ? GROUP BY row, label, health "
+            "ORDER BY row, label, health",
             (survey_id,),
         ):
-            stats.add_label(r, label, n)
+            stats.add_label(r, label, n, health)
         last = self._db.execute("SELECT MAX(plant_id) FROM plants WHERE survey_id = ?", (survey_id,)).fetchone()[0]
         if row is not None:
             log.info("continuing survey %s (session %d, %d plants so far)", survey_id, sessions, stats.total().plants)

@@ -25,7 +25,7 @@ def test_bench_covers_every_runtime_and_writes_json(bundle: Path, tmp_path: Path
     out = tmp_path / "bench.json"
     md = tmp_path / "bench.md"
     rc = main(["bench", str(bundle), "--seconds", "0.02", "--batch", "1", "4", "--threads", "1",
-               "--json", str(out), "--markdown", str(md)])
+               "--checkpoint", str(bundle.parent / "run" / "best.pt"), "--json", str(out), "--markdown", str(md)])
     assert rc == 0
     result = json.loads(out.read_text())
     rows = result["rows"]

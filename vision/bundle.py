@@ -260,8 +260,6 @@ class Bundle:
             raise BundleFormatError(f"{path}: calibration abstain_below must be in [0, 1] or null, got {below!r}")
         self.temperature = 1.0 if temperature is None else float(temperature)
         self.abstain_below: float | None = None if below is None else float(below)
-        self.taxonomy, self.background_class = self._read_taxonomy(path, manifest)
-        self.background_index: int | None = self.taxonomy.background_index
         ood, decide_on = calibration.get("ood_below"), calibration.get("decide_on", "class")
         if ood is not None and not (isinstance(ood, (int, float)) and 0.0 <= ood <= 1.0):
             raise BundleFormatError(f"{path}: calibration ood_below must be in [0, 1] or null, got {ood!r}")
@@ -276,6 +274,9 @@ class Bundle:
         self.output_name: str = outputs[0].name
         self.input_shape = (3, *self.spec.size)
         self._check_model(inputs[0], outputs[0])
+        # After the class-count check: a model with the wrong head is that error, not a taxonomy one.
+        self.taxonomy, self.background_class = self._read_taxonomy(path, manifest)
+        self.background_index: int | None = self.taxonomy.background_index
 
     @staticmethod
     def _read_taxonomy(path: Path, manifest: dict[str, Any]) -> tuple[Taxonomy, str | None]:
