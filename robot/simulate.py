@@ -25,6 +25,8 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
+from vision.taxonomy import info_from_name
+
 from .camera import CameraError, Frame, FrameSource
 from .conditions import CONDITIONS, SPACING, ConditionError, parse_conditions
 from .gps import FieldGeometry, format_fix, write_nmea_log
@@ -160,8 +162,9 @@ class LeafBank:
         for leaf in leaves:
             self.by_class.setdefault(leaf.cls, []).append(leaf)
         self.classes = sorted(self.by_class)
-        self.healthy = [c for c in self.classes if "healthy" in c.lower()]
-        self.diseased = [c for c in self.classes if "healthy" not in c.lower()]
+        health = {c: info_from_name(c).health for c in self.classes}  # the taxonomy reads the names, once
+        self.healthy = [c for c in self.classes if health[c] == "healthy"]
+        self.diseased = [c for c in self.classes if health[c] == "diseased"]
         if not self.healthy or not self.diseased:
             raise SimulationError(f"need healthy and diseased classes to plant, got {self.classes}")
 
