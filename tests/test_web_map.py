@@ -110,3 +110,11 @@ def test_robot_status_api(big):
     with TestClient(create_app(db, users)) as c:
         robots = c.get("/api/robots?survey=f", headers=viewer).json()["robots"]
         assert [r["robot_id"] for r in robots] == ["robot-1"] and robots[0]["link"].endswith("via mqtt")
+
+
+def test_summary_api_carries_the_maps_cells(big):
+    db, truth, users, viewer = big
+    with TestClient(create_app(db, users)) as c:
+        doc = c.get("/api/surveys/f/summary", headers=viewer).json()
+    assert doc["row_cell_m"] == 1.0 and len(doc["row_cells"]) == 300
+    assert sum(cell["diseased"] for cell in doc["row_cells"]) == truth.diseased

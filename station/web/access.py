@@ -55,6 +55,14 @@ class RateLimited(Exception):
         self.wait_s = wait_s
 
 
+class LockedOut(RateLimited):
+    """Too many wrong secrets for this account or from this address (answered late: a tarpit)."""
+
+    def __init__(self, wait_s: float):
+        super().__init__(wait_s)
+        self.args = (f"too many failed sign-ins; locked out for another {wait_s:.0f} s",)
+
+
 def station_state(request: Request) -> "StationState":
     return request.app.state.station
 
@@ -92,7 +100,7 @@ def check_secret(request: Request, name: str, secret: str) -> Principal | None:
     wait = max(state.logins.wait(account_key), state.client_logins.wait(client_key))
     if wait > 0:
         log.warning("refused sign-in for %r from %s: locked out for another %.0f s", name, client, wait)
-        raise RateLimited(wait)
+        raise LockedOut(wait)
     who = state.users.authenticate(name, secret)
     if who is None:
         lockout = max(state.logins.failed(account_key), state.client_logins.failed(client_key))

@@ -161,6 +161,7 @@ class SurveySummary:
     timeline: list[TimeBucket]
     tracks: dict[str, list[TrackPoint]]  # robot id -> its path, oldest first
     flagged: int
+    robot_ids: tuple[str, ...] = ()  # robots that recorded plants in this survey
 
     @property
     def span_text(self) -> str:
@@ -227,6 +228,9 @@ class _Survey:
     version: int = 0  # bumped by every record folded in
     built_version: int = -1
     summary: SurveySummary | None = None
+    robots: set[str] = field(default_factory=set)
+    # The summary completed by row summaries, for as long as neither changes (pages cache by identity).
+    with_rows: tuple[tuple, SurveySummary] | None = None
 
 
 class SurveyAggregates:
@@ -249,7 +253,7 @@ class SurveyAggregates:
         with self._lock:
             if self._read_plants:
                 self._read(conn, "plants", "SELECT rowid, survey_id, row, label, diseased, uncertain, metre, t, lat, "
-                                           "lon FROM plants WHERE rowid > ? ORDER BY rowid", self._add_plant)
+                                           "lon, robot_id FROM plants WHERE rowid > ? ORDER BY rowid", self._add_plant)
             self._read(conn, "thumbnails", "SELECT th.rowid, p.survey_id, p.diseased, p.uncertain FROM thumbnails th "
                                            "JOIN plants p ON p.record_id = th.record_id WHERE th.rowid > ? "
                                            "ORDER BY th.rowid", self._add_thumbnail)
@@ -264,7 +268,7 @@ class SurveyAggregates:
         self._read_plants = False
         for p in plants:
             self._add_plant((None, p["survey_id"], p["row"], p["label"], p["diseased"], p["uncertain"], p["metre"],
-                             p["t"], p["lat"], p["lon"]))
+                             p["t"], p["lat"], p["lon"], p["robot_id"]))
             yield p
 
     def _read(self, conn: sqlite3.Connection, table: str, sql: str, add) -> None:
@@ -276,8 +280,10 @@ class SurveyAggregates:
             self._last[table] = batch[-1][0]
 
     def _add_plant(self, r) -> None:
-        _, survey_id, row, label, diseased, uncertain, metre, t, lat, lon = r
+        _, survey_id, row, label, diseased, uncertain, metre, t, lat, lon, robot_id = r
         s = self._survey(survey_id)
+        if robot_id not in s.robots:
+            s.robots.add(robot_id)
         s.total.add(diseased, uncertain)
         if row is None:
             s.unassigned += 1
@@ -329,10 +335,12 @@ class SurveyAggregates:
             s = self._surveys.get(survey_id) or _Survey()
             if s.built_version != s.version:
                 s.summary, s.built_version = _build(survey_id, s), s.version
-            summary = s.summary
-        if row_summaries:
-            summary = replace(summary, rows=with_row_summaries(summary.rows, row_summaries))
-        return summary
+            if not row_summaries:
+                return s.summary
+            key = (s.version, tuple(row_summaries))
+            if s.with_rows is None or s.with_rows[0] != key:
+                s.with_rows = key, replace(s.summary, rows=with_row_summaries(s.summary.rows, row_summaries))
+            return s.with_rows[1]
 
 
 def _totals(s: _Survey) -> Totals:
@@ -353,7 +361,8 @@ def _build(survey_id: str, s: _Survey) -> SurveySummary:
     classes = sorted((ClassStat(label, c.plants, c.diseased > 0, *_interval(c.plants, t.plants))
                       for label, c in s.labels.items()), key=lambda c: (-c.plants, c.label))
     return SurveySummary(survey_id, totals, rows, cells, row_cells, classes, _timeline(s.slots),
-                         {robot: track.snapshot() for robot, track in sorted(s.tracks.items())}, s.flagged)
+                         {robot: track.snapshot() for robot, track in sorted(s.tracks.items())}, s.flagged,
+                         tuple(sorted(s.robots)))
 
 
 def _cell(s: _Survey, lat: float, lon: float) -> tuple[int, int]:
@@ -459,8 +468,8 @@ def filtered_summary(conn: sqlite3.Connection, survey_id: str, where: str, param
     s = _Survey()
     agg = SurveyAggregates()
     agg._surveys[survey_id] = s
-    cur = conn.execute("SELECT rowid, survey_id, row, label, diseased, uncertain, metre, t, lat, lon FROM plants "
-                       f"WHERE survey_id = ? AND {where}", (survey_id, *params))
+    cur = conn.execute("SELECT rowid, survey_id, row, label, diseased, uncertain, metre, t, lat, lon, robot_id "
+                       f"FROM plants WHERE survey_id = ? AND {where}", (survey_id, *params))
     while batch := cur.fetchmany(_FETCH):
         for r in batch:
             agg._add_plant(r)

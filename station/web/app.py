@@ -7,11 +7,13 @@ and adds the security headers to every response (:class:`SecurityHeaders`).
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -70,9 +72,27 @@ class StationState:
     readers: _Readers
     aggregates: SurveyAggregates
     secure_cookies: bool
+    login_tarpit_s: float
+
+    rendered: dict = field(default_factory=dict)  # (survey, kind) -> (summary, rendering)
+    rendered_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def summary(self, conn: sqlite3.Connection, survey_id: str) -> SurveySummary:
+        """The survey's statistics; the same object for as long as no record changes them."""
         return self.aggregates.summary(conn, survey_id, self.db.rows(survey_id))
+
+    def rendering(self, summary: SurveySummary, kind: str, make: Callable[[SurveySummary], Any]) -> Any:
+        """``make(summary)``, remembered until the survey's statistics change (a page view
+        between two records renders nothing again: the map alone is thousands of cells)."""
+        key = (summary.survey_id, kind)
+        with self.rendered_lock:
+            hit = self.rendered.get(key)
+        if hit is not None and hit[0] is summary:
+            return hit[1]
+        value = make(summary)
+        with self.rendered_lock:
+            self.rendered[key] = (summary, value)
+        return value
 
 
 def _user_store(users: UserStore | str | Path | dict) -> UserStore:
@@ -93,6 +113,7 @@ def create_app(
     secure_cookies: bool = False,
     login_failures: int = 5,
     client_login_failures: int = 20,
+    login_tarpit_s: float = 1.0,
 ) -> FastAPI:
     """Build the dashboard for a station database.
 
@@ -101,7 +122,8 @@ def create_app(
     ``rate_per_s``/``burst`` set each principal's token bucket. Set ``secure_cookies``
     when the station is served over HTTPS. ``login_failures`` wrong secrets for one
     account within a minute (``client_login_failures`` from one address) lock it out for
-    a minute, then 2, 4, ... up to an hour.
+    a minute, then 2, 4, ... up to an hour; each refused attempt is answered after
+    ``login_tarpit_s``.
     """
     owns_db = not isinstance(db, StationDB)
     station_db = open_db(db) if owns_db else db
@@ -113,7 +135,7 @@ def create_app(
         queries.ensure_indexes(conn)
     state = StationState(station_db, owns_db, store, SessionStore(session_ttl_s), RateLimiter(rate_per_s, burst),
                          LoginGuard(login_failures), LoginGuard(client_login_failures),
-                         _Readers(station_db.path), SurveyAggregates(), secure_cookies)
+                         _Readers(station_db.path), SurveyAggregates(), secure_cookies, login_tarpit_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -157,6 +179,10 @@ def _add_error_pages(app: FastAPI) -> None:
 
     @app.exception_handler(access.RateLimited)
     async def _rate_limited(request: Request, exc: access.RateLimited) -> Response:
+        if isinstance(exc, access.LockedOut):
+            # A guesser that ignores Retry-After waits anyway, without holding a thread or the CPU,
+            # so eight guessing threads cost the station a few requests a second, not its cores.
+            await asyncio.sleep(access.station_state(request).login_tarpit_s)
         return detail(429, str(exc), {"Retry-After": retry_after_header(exc.wait_s)})
 
     @app.exception_handler(routes.NotFound)

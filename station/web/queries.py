@@ -156,12 +156,3 @@ def _points(conn: sqlite3.Connection, where: str, params: tuple, limit: int) -> 
     ).fetchall()
     return [{**dict(r), "thumbnail": bool(r["thumbnail"]), "diseased": bool(r["diseased"]),
              "uncertain": bool(r["uncertain"])} for r in rows]
-
-
-def survey_choices(conn: sqlite3.Connection, survey_id: str) -> tuple[list[str], list[str]]:
-    """The robots and labels of a survey, for the filter form."""
-    robots = [r[0] for r in conn.execute("SELECT DISTINCT robot_id FROM plants WHERE survey_id = ? ORDER BY 1",
-                                         (survey_id,))]
-    labels = [r[0] for r in conn.execute("SELECT DISTINCT label FROM plants WHERE survey_id = ? ORDER BY 1",
-                                         (survey_id,))]
-    return robots, labels

@@ -14,7 +14,7 @@ import base64
 import json
 import sqlite3
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -180,8 +180,22 @@ def report_html(request: Request, survey_id: str, who: Principal = Depends(princ
 
 
 @router.get("/api/surveys/{survey_id:anyid}/summary", name="summary_json")
-def summary_json(request: Request, survey_id: str, who: Principal = Depends(principal)) -> dict:
-    return asdict(station_state(request).summary(_known_survey(request, survey_id), survey_id))
+def summary_json(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
+    state = station_state(request)
+    body = state.rendering(state.summary(_known_survey(request, survey_id), survey_id), "json", _summary_json)
+    return Response(body, media_type="application/json")
+
+
+def _summary_json(summary) -> bytes:
+    """The summary as JSON, with the row cells merged as the map draws them (``row_cell_m``
+    long): 1 m cells of a 100,000-plant survey would be 50,000 objects."""
+    cells = summary.row_cells
+    cell_m = svg.map_cell_length(min((c.start_m for c in cells), default=0.0),
+                                 max((c.end_m for c in cells), default=0.0))
+    doc = asdict(replace(summary, row_cells=[]))
+    doc["row_cells"] = [asdict(c) for c in svg.merge_row_cells(cells, cell_m)]
+    doc["row_cell_m"] = cell_m
+    return json.dumps(doc, separators=(",", ":")).encode()
 
 
 @router.get("/api/surveys/{survey_id:anyid}/plants", name="plants_json")
@@ -212,18 +226,21 @@ def field_page(request: Request, survey_id: str, who: Principal = Depends(princi
     state = station_state(request)
     conn = _known_survey(request, survey_id)
     chosen = _plant_filter(request)
-    summary = state.summary(conn, survey_id)
+    summary = everything = state.summary(conn, survey_id)
     if chosen:
         where, params = chosen.sql()
         tracks = {k: v for k, v in summary.tracks.items() if chosen.robot in (None, k)}
         summary = filtered_summary(conn, survey_id, where, params, tracks)
+        field_map_svg, timeline_svg = svg.survey_map(summary), svg.incidence_over_time(summary.timeline)
+    else:
+        field_map_svg = state.rendering(summary, "map", svg.survey_map)
+        timeline_svg = state.rendering(summary, "timeline", lambda s: svg.incidence_over_time(s.timeline))
     robots = state.db.robots()
     robots = [r for r in robots if r.survey_id == survey_id] or robots
-    robot_ids, labels = queries.survey_choices(conn, survey_id)
     return render(request, "field.html", principal=who, survey_id=survey_id, s=summary, filters=chosen,
-                  filter_query=urlencode(chosen.query()), robot_ids=robot_ids, labels=labels,
-                  field_map_svg=svg.survey_map(summary), timeline_svg=svg.incidence_over_time(summary.timeline),
-                  robots=views.robot_views(robots), now=time.time())
+                  filter_query=urlencode(chosen.query()), robot_ids=everything.robot_ids,
+                  labels=sorted(c.label for c in everything.classes), field_map_svg=field_map_svg,
+                  timeline_svg=timeline_svg, robots=views.robot_views(robots), now=time.time())
 
 
 # -- writing (robots and admins only) -----------------------------------------------

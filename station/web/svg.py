@@ -93,7 +93,13 @@ def cell_map(cells: Sequence[CellStat], tracks: Mapping[str, Sequence[TrackPoint
     return "".join(out)
 
 
-MAX_CELLS_PER_ROW = 240  # longer rows draw merged cells; zooming in loads the plants themselves
+MAX_CELLS_PER_ROW = 100  # longer rows draw merged cells (page size); zooming in loads the plants themselves
+
+
+def map_cell_length(m0: float, m1: float) -> float:
+    """Length of the cells the map draws: ``ROW_CELL_M``, or a multiple of it so that a row
+    from ``m0`` to ``m1`` metres has at most ``MAX_CELLS_PER_ROW``."""
+    return ROW_CELL_M * max(1, math.ceil((m1 - m0) / ROW_CELL_M / MAX_CELLS_PER_ROW))
 
 
 def merge_row_cells(cells: Sequence[RowCellStat], cell_m: float) -> list[RowCellStat]:
@@ -151,7 +157,7 @@ def field_map(rows: Sequence[RowStat], tracks: Mapping[str, Sequence[TrackPoint]
     def y_of(row: int) -> float:
         return top + lane * slot[row] + lane / 2
 
-    cell_m = ROW_CELL_M * max(1, math.ceil((m1 - m0) / ROW_CELL_M / MAX_CELLS_PER_ROW))
+    cell_m = map_cell_length(m0, m1)
     out = [f'<svg class="field-map" xmlns="http://www.w3.org/2000/svg" width="100%" '
            f'viewBox="0 0 {width} {height}" role="img" data-m0="{m0:.3f}" data-m1="{m1:.3f}" data-left="{left}" '
            f'data-span="{span}" data-top="{top}" data-lane="{lane:.3f}" data-cell-m="{cell_m:g}" '
@@ -185,14 +191,15 @@ def field_map(rows: Sequence[RowStat], tracks: Mapping[str, Sequence[TrackPoint]
         if c.row not in slot:
             continue
         y = y_of(c.row)
-        title = (f"Row {c.row}, {c.start_m:g}-{c.end_m:g} m: incidence {_pct(c.incidence)} "
-                 f"({c.diseased}/{c.decided} decided, {c.uncertain} uncertain), 95% CI {_pct(c.ci_lo)}-{_pct(c.ci_hi)}")
+        # Kept short: a big field has thousands of cells on the page.
+        title = (f"row {c.row}, {c.start_m:g}-{c.end_m:g} m: {_pct(c.incidence)} ({c.diseased}/{c.decided}"
+                 f"{f', {c.uncertain} uncertain' if c.uncertain else ''}), 95% CI {_pct(c.ci_lo)}-{_pct(c.ci_hi)}")
         out.append(f'<rect class="row-cell" data-row="{c.row}" data-start="{c.start_m:g}" data-end="{c.end_m:g}" '
                    f'data-plants="{c.plants}" data-diseased="{c.diseased}" data-uncertain="{c.uncertain}" '
                    f'data-incidence="{_fmt(c.incidence)}" data-ci-lo="{_fmt(c.ci_lo)}" data-ci-hi="{_fmt(c.ci_hi)}" '
-                   f'x="{x_of(c.start_m):.2f}" y="{y - lane * 0.35:.2f}" '
-                   f'width="{max(0.5, x_of(c.end_m) - x_of(c.start_m)):.2f}" height="{lane * 0.7:.2f}" '
-                   f'fill="{incidence_colour(c.incidence)}"><title>{escape(title)}</title></rect>')
+                   f'x="{x_of(c.start_m):.1f}" y="{y - lane * 0.35:.1f}" '
+                   f'width="{max(0.5, x_of(c.end_m) - x_of(c.start_m)):.2f}" height="{lane * 0.7:.1f}" '
+                   f'fill="{incidence_colour(c.incidence)}"><title>{title}</title></rect>')
     out.append('</g><g class="tracks">')
     for robot, track in tracks.items():
         on_map = [p for p in track if p.row in slot and p.metre is not None]
