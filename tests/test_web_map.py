@@ -31,17 +31,24 @@ def _summary(db, survey_id="f"):
         return SurveyAggregates().summary(conn, survey_id)
 
 
-def test_rows_are_cut_into_one_metre_cells_that_add_up(big):
+def test_rows_are_cut_into_cells_that_add_up(big):
     db, truth, _, _ = big
     s = _summary(db)
-    # 200 plants 0.5 m apart: 100 cells of 1 m per row, two plants each.
-    assert len(s.row_cells) == 3 * 100
+    # 200 plants 0.5 m apart (100 m rows): at most 60 cells a row, so 2 m cells of four plants.
+    assert s.row_cell_m == 2.0 and len(s.row_cells) == 3 * 50
     for r in truth.rows:
         cells = [c for c in s.row_cells if c.row == r.row]
         assert sum(c.plants for c in cells) == r.plants and sum(c.diseased for c in cells) == r.diseased
-        assert all(c.end_m - c.start_m == 1.0 and c.plants == 2 for c in cells)
-    hot = [c for c in s.row_cells if c.incidence == 1.0]
-    assert hot and all(c.ci_lo < 1.0 and c.ci_hi == 1.0 for c in hot)  # two plants: a wide interval
+        assert all(c.end_m - c.start_m == 2.0 and c.plants == 4 for c in cells)
+    hot = max(s.row_cells, key=lambda c: c.incidence)
+    assert hot.incidence >= 0.5 and hot.ci_lo < hot.incidence < hot.ci_hi and hot.ci_hi - hot.ci_lo > 0.3
+
+
+def test_short_rows_keep_one_metre_cells(tmp_path):
+    with open_db(tmp_path / "s.db") as db:
+        fill_survey(db, "short", row_incidence=(0.5,), plants_per_row=40, thumbnails=False)
+        s = _summary(db, "short")
+    assert s.row_cell_m == 1.0 and len(s.row_cells) == 20 and {c.plants for c in s.row_cells} == {2}
 
 
 def test_late_records_do_not_collapse_the_time_chart(big):
@@ -116,5 +123,5 @@ def test_summary_api_carries_the_maps_cells(big):
     db, truth, users, viewer = big
     with TestClient(create_app(db, users)) as c:
         doc = c.get("/api/surveys/f/summary", headers=viewer).json()
-    assert doc["row_cell_m"] == 1.0 and len(doc["row_cells"]) == 300
+    assert doc["row_cell_m"] == 2.0 and len(doc["row_cells"]) == 150
     assert sum(cell["diseased"] for cell in doc["row_cells"]) == truth.diseased

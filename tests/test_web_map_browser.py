@@ -7,6 +7,7 @@ Set LEAFSCOUT_MAP_SCREENSHOTS=DIR to keep the screenshots (desktop, zoomed, phon
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -81,6 +82,10 @@ def test_field_map_zoom_click_filters_and_phone_width(station, tmp_path):
             assert svg.get_attribute("data-points") == "off"  # whole field: too many plants to draw
             assert page.locator("svg.field-map circle.plant").count() == 0
             page.screenshot(path=str(shots / "map_desktop.png"), full_page=True)
+            cell = page.locator("svg.field-map rect.row-cell").nth(5)
+            cell.hover()
+            assert re.match(r"row \d+, [\d.]+-[\d.]+ m: [\d.]+% diseased \(\d+/\d+.*\), 95% CI [\d.]+%-[\d.]+%$",
+                            cell.locator("title").text_content())
 
             # Zoom in (button and wheel) until the plants load, then click a diseased one.
             for _ in range(3):

@@ -23,6 +23,7 @@ from robot.field_stats import wilson_interval
 SLOT_S = 10.0  # time resolution kept for "incidence over time"
 CELL_M = 10.0  # GPS grid for plants without a row number
 ROW_CELL_M = 1.0  # cells along a crop row, for hotspots within the row
+MAX_CELLS_PER_ROW = 60  # longer rows get longer cells (page size); zoomed in, the map shows each plant
 # The time chart is built around the middle of the records (all but this share at each
 # end); records further from it than its own span (clock errors, a backlog sent days
 # later) get an "early" or "late" bucket of their own.
@@ -162,6 +163,7 @@ class SurveySummary:
     tracks: dict[str, list[TrackPoint]]  # robot id -> its path, oldest first
     flagged: int
     robot_ids: tuple[str, ...] = ()  # robots that recorded plants in this survey
+    row_cell_m: float = ROW_CELL_M  # length of the ``row_cells``
 
     @property
     def span_text(self) -> str:
@@ -355,14 +357,36 @@ def _build(survey_id: str, s: _Survey) -> SurveySummary:
     rows = [_row_stat(row, c.plants, c.diseased, c.uncertain, c.metre_min, c.metre_max)
             for row, c in sorted(s.rows.items())]
     cells = [_cell_stat(s, key, c) for key, c in sorted(s.cells.items())]
-    row_cells = [RowCellStat(row, i * ROW_CELL_M, (i + 1) * ROW_CELL_M, c.plants, c.diseased, c.uncertain,
-                             *_interval(c.diseased, c.plants - c.uncertain))
-                 for (row, i), c in sorted(s.row_cells.items())]
+    row_cell_m, row_cells = _row_cells(s)
     classes = sorted((ClassStat(label, c.plants, c.diseased > 0, *_interval(c.plants, t.plants))
                       for label, c in s.labels.items()), key=lambda c: (-c.plants, c.label))
     return SurveySummary(survey_id, totals, rows, cells, row_cells, classes, _timeline(s.slots),
                          {robot: track.snapshot() for robot, track in sorted(s.tracks.items())}, s.flagged,
-                         tuple(sorted(s.robots)))
+                         tuple(sorted(s.robots)), row_cell_m)
+
+
+def map_cell_length(m0: float, m1: float) -> float:
+    """``ROW_CELL_M``, or a multiple of it so that a row from ``m0`` to ``m1`` metres has at
+    most ``MAX_CELLS_PER_ROW`` cells."""
+    return ROW_CELL_M * max(1, math.ceil((m1 - m0) / ROW_CELL_M / MAX_CELLS_PER_ROW))
+
+
+def _row_cells(s: _Survey) -> tuple[float, list[RowCellStat]]:
+    """The 1 m counts merged into cells of the map's length, with their intervals."""
+    if not s.row_cells:
+        return ROW_CELL_M, []
+    m0 = min(c.metre_min for c in s.rows.values() if c.metre_min is not None)
+    m1 = max(c.metre_max for c in s.rows.values() if c.metre_max is not None)
+    cell_m = map_cell_length(m0, m1 + ROW_CELL_M)
+    per = round(cell_m / ROW_CELL_M)
+    merged: dict[tuple[int, int], list[int]] = {}
+    for (row, i), c in s.row_cells.items():
+        acc = merged.get(key := (row, i // per)) or merged.setdefault(key, [0, 0, 0])
+        acc[0] += c.plants
+        acc[1] += c.diseased
+        acc[2] += c.uncertain
+    return cell_m, [RowCellStat(row, j * cell_m, (j + 1) * cell_m, n, d, u, *_interval(d, n - u))
+                    for (row, j), (n, d, u) in sorted(merged.items())]
 
 
 def _cell(s: _Survey, lat: float, lon: float) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import base64
 import json
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -187,15 +187,7 @@ def summary_json(request: Request, survey_id: str, who: Principal = Depends(prin
 
 
 def _summary_json(summary) -> bytes:
-    """The summary as JSON, with the row cells merged as the map draws them (``row_cell_m``
-    long): 1 m cells of a 100,000-plant survey would be 50,000 objects."""
-    cells = summary.row_cells
-    cell_m = svg.map_cell_length(min((c.start_m for c in cells), default=0.0),
-                                 max((c.end_m for c in cells), default=0.0))
-    doc = asdict(replace(summary, row_cells=[]))
-    doc["row_cells"] = [asdict(c) for c in svg.merge_row_cells(cells, cell_m)]
-    doc["row_cell_m"] = cell_m
-    return json.dumps(doc, separators=(",", ":")).encode()
+    return json.dumps(asdict(summary), separators=(",", ":")).encode()
 
 
 @router.get("/api/surveys/{survey_id:anyid}/plants", name="plants_json")

@@ -7,11 +7,8 @@ so tests (and people with a DOM inspector) read the values, not the colours.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from html import escape
-
-from robot.field_stats import wilson_interval
 
 from .aggregates import CELL_M, ROW_CELL_M, CellStat, RowCellStat, RowStat, SurveySummary, TimeBucket, TrackPoint
 from .views import utc_text
@@ -52,7 +49,7 @@ def survey_map(summary: SurveySummary, points: Sequence[Mapping] = ()) -> str:
         empty = "No plants recorded yet." if plants == 0 else (
             f"None of the {plants} plants has a row number or a GPS position, so there is nothing to draw.")
         return field_map(summary.rows, summary.tracks, empty_text=empty, row_cells=summary.row_cells,
-                         points=points)
+                         cell_m=summary.row_cell_m, points=points)
     return cell_map(summary.cells, summary.tracks)
 
 
@@ -93,40 +90,14 @@ def cell_map(cells: Sequence[CellStat], tracks: Mapping[str, Sequence[TrackPoint
     return "".join(out)
 
 
-MAX_CELLS_PER_ROW = 100  # longer rows draw merged cells (page size); zooming in loads the plants themselves
-
-
-def map_cell_length(m0: float, m1: float) -> float:
-    """Length of the cells the map draws: ``ROW_CELL_M``, or a multiple of it so that a row
-    from ``m0`` to ``m1`` metres has at most ``MAX_CELLS_PER_ROW``."""
-    return ROW_CELL_M * max(1, math.ceil((m1 - m0) / ROW_CELL_M / MAX_CELLS_PER_ROW))
-
-
-def merge_row_cells(cells: Sequence[RowCellStat], cell_m: float) -> list[RowCellStat]:
-    """Row cells merged into stretches of ``cell_m`` metres (counts summed, intervals recomputed)."""
-    if cell_m <= ROW_CELL_M:
-        return list(cells)
-    merged: dict[tuple[int, int], list[int]] = {}
-    for c in cells:
-        acc = merged.setdefault((c.row, math.floor(c.start_m / cell_m)), [0, 0, 0])
-        acc[0], acc[1], acc[2] = acc[0] + c.plants, acc[1] + c.diseased, acc[2] + c.uncertain
-    out = []
-    for (row, i), (plants, diseased, uncertain) in sorted(merged.items()):
-        lo = hi = inc = None
-        if plants - uncertain > 0:
-            inc = diseased / (plants - uncertain)
-            lo, hi = wilson_interval(diseased, plants - uncertain)
-        out.append(RowCellStat(row, i * cell_m, (i + 1) * cell_m, plants, diseased, uncertain, inc, lo, hi))
-    return out
-
-
 def _outcome(p: Mapping) -> str:
     return "uncertain" if p["uncertain"] else "diseased" if p["diseased"] else "healthy"
 
 
 def field_map(rows: Sequence[RowStat], tracks: Mapping[str, Sequence[TrackPoint]] | None = None, *,
               width: int = 760, empty_text: str = "No plants recorded yet.",
-              row_cells: Sequence[RowCellStat] = (), points: Sequence[Mapping] = ()) -> str:
+              row_cells: Sequence[RowCellStat] = (), cell_m: float = ROW_CELL_M,
+              points: Sequence[Mapping] = ()) -> str:
     """Each crop row as cells along its length coloured by incidence (title: the 95%
     interval), over a lane outline carrying the row's own numbers; plant points and the
     robots' tracks (thin, under the points) on top. ``static/map.js`` adds pan, zoom and
@@ -157,7 +128,6 @@ def field_map(rows: Sequence[RowStat], tracks: Mapping[str, Sequence[TrackPoint]
     def y_of(row: int) -> float:
         return top + lane * slot[row] + lane / 2
 
-    cell_m = map_cell_length(m0, m1)
     out = [f'<svg class="field-map" xmlns="http://www.w3.org/2000/svg" width="100%" '
            f'viewBox="0 0 {width} {height}" role="img" data-m0="{m0:.3f}" data-m1="{m1:.3f}" data-left="{left}" '
            f'data-span="{span}" data-top="{top}" data-lane="{lane:.3f}" data-cell-m="{cell_m:g}" '
@@ -187,19 +157,18 @@ def field_map(rows: Sequence[RowStat], tracks: Mapping[str, Sequence[TrackPoint]
         if slot[r.row] % label_every == 0:
             out.append(f'<text x="{left - 8}" y="{y + 4:.1f}" text-anchor="end" class="axis">row {r.row}</text>')
     out.append('</g><g class="cells">')
-    for c in merge_row_cells(row_cells, cell_m):
+    # Kept short (a big field has thousands of cells on the page): map.js makes each
+    # cell's tooltip from these numbers when the pointer first reaches it.
+    height_attr = f'height="{lane * 0.7:.1f}"'
+    for c in row_cells:
         if c.row not in slot:
             continue
-        y = y_of(c.row)
-        # Kept short: a big field has thousands of cells on the page.
-        title = (f"row {c.row}, {c.start_m:g}-{c.end_m:g} m: {_pct(c.incidence)} ({c.diseased}/{c.decided}"
-                 f"{f', {c.uncertain} uncertain' if c.uncertain else ''}), 95% CI {_pct(c.ci_lo)}-{_pct(c.ci_hi)}")
         out.append(f'<rect class="row-cell" data-row="{c.row}" data-start="{c.start_m:g}" data-end="{c.end_m:g}" '
                    f'data-plants="{c.plants}" data-diseased="{c.diseased}" data-uncertain="{c.uncertain}" '
                    f'data-incidence="{_fmt(c.incidence)}" data-ci-lo="{_fmt(c.ci_lo)}" data-ci-hi="{_fmt(c.ci_hi)}" '
-                   f'x="{x_of(c.start_m):.1f}" y="{y - lane * 0.35:.1f}" '
-                   f'width="{max(0.5, x_of(c.end_m) - x_of(c.start_m)):.2f}" height="{lane * 0.7:.1f}" '
-                   f'fill="{incidence_colour(c.incidence)}"><title>{title}</title></rect>')
+                   f'x="{x_of(c.start_m):.1f}" y="{y_of(c.row) - lane * 0.35:.1f}" '
+                   f'width="{max(0.5, x_of(c.end_m) - x_of(c.start_m)):.2f}" {height_attr} '
+                   f'fill="{incidence_colour(c.incidence)}"/>')
     out.append('</g><g class="tracks">')
     for robot, track in tracks.items():
         on_map = [p for p in track if p.row in slot and p.metre is not None]

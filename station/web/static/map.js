@@ -141,6 +141,7 @@
     }
     svg.addEventListener("pointerup", end);
     svg.addEventListener("pointercancel", end);
+    svg.addEventListener("mouseover", function (e) { if (e.target.classList) ensureTitle(e.target); });
     svg.addEventListener("click", function (e) {
       if (moved) { moved = false; return; }
       var target = e.target.closest ? e.target.closest("circle.plant, rect.row-cell, rect.cell, rect.row") : null;
@@ -238,6 +239,7 @@
 
   FieldMap.prototype.show = function (el) {
     var panel = this.panel; if (!panel) return;
+    ensureTitle(el);
     while (panel.firstChild) panel.removeChild(panel.firstChild);
     var title = el.querySelector("title");
     var text = document.createElement("div");
@@ -261,6 +263,21 @@
     panel.hidden = false;
     panel.setAttribute("data-record", el.getAttribute("data-record") || "");
   };
+
+  function pct(x) { return x === "" || x === null ? "n/a" : (100 * parseFloat(x)).toFixed(1) + "%"; }
+
+  // A row cell's numbers in words (svg.py leaves its <title> out to keep big pages small).
+  function cellText(el) {
+    var d = el.dataset, decided = d.plants - d.uncertain;
+    return "row " + d.row + ", " + d.start + "-" + d.end + " m: " + pct(d.incidence) + " diseased (" + d.diseased +
+      "/" + decided + (d.uncertain > 0 ? ", " + d.uncertain + " uncertain" : "") + "), 95% CI " + pct(d.ciLo) +
+      "-" + pct(d.ciHi);
+  }
+
+  function ensureTitle(el) {
+    if (el.querySelector("title") || !el.classList.contains("row-cell")) return;
+    var t = document.createElementNS(SVGNS, "title"); t.textContent = cellText(el); el.appendChild(t);
+  }
 
   function cssEscape(s) { return window.CSS && CSS.escape ? CSS.escape(s) : s.replace(/["\\]/g, "\\$&"); }
 
