@@ -25,6 +25,10 @@ PROTECTED = ["/", "/surveys/s1", "/surveys/s1/gallery", "/surveys/s1/plants.csv"
              "/thumbnails/robot-1:1"]
 
 
+OUTBOX = "5eed" * 8  # a robot's outbox id: record ids are "<robot>:<32 hex digits>:<seq>"
+RID_9001 = f"robot-1:{OUTBOX}:9001"
+
+
 def _record(robot_id: str = "robot-1", plant_id: int = 9001) -> dict:
     return PlantRecord(robot_id, "s1", plant_id, 1_780_100_000.0, "Tomato___Late_blight", 0, 0.91, 4,
                        row=2, metre=3.5, lat=52.0, lon=5.0).to_dict()
@@ -135,42 +139,42 @@ def test_viewer_reads_everything(client, station):
 def test_write_without_credentials_is_401_and_viewer_write_is_403_and_nothing_is_stored(client, station):
     db, _, secrets = station
     before = db.record_count()
-    body = {"record_id": "robot-1:9001", "record": _record()}
+    body = {"record_id": RID_9001, "record": _record()}
     assert client.post("/api/records", json=body).status_code == 401
     r = client.post("/api/records", json=body, headers=_basic("viewer", secrets["viewer"]))
     assert r.status_code == 403 and "viewer" in r.json()["detail"]
     # A viewer's session cookie does not help either.
     client.post("/signin", data={"name": "viewer", "secret": secrets["viewer"]})
     assert client.post("/api/records", json=body).status_code == 403
-    assert db.record_count() == before and not db.has_record("robot-1:9001")
+    assert db.record_count() == before and not db.has_record(RID_9001)
 
 
 def test_robot_writes_only_its_own_records(client, station):
     db, _, secrets = station
     robot = _basic("robot-1", secrets["robot-1"])
     thumb = base64.b64encode(leaf_jpeg(1)).decode()
-    body = {"record_id": "robot-1:9001", "record": _record(), "thumbnail_jpeg_b64": thumb}
+    body = {"record_id": RID_9001, "record": _record(), "thumbnail_jpeg_b64": thumb}
     r = client.post("/api/records", json=body, headers=robot)
     assert r.status_code == 201 and r.json() == {"stored": True, "duplicate": False}
-    assert db.thumbnail("robot-1:9001") == leaf_jpeg(1)
+    assert db.thumbnail(RID_9001) == leaf_jpeg(1)
     again = client.post("/api/records", json=body, headers=robot)
     assert again.status_code == 200 and again.json()["duplicate"] is True
 
-    other = {"record_id": "robot-2:1", "record": _record("robot-2")}
+    other = {"record_id": f"robot-2:{OUTBOX}:1", "record": _record("robot-2")}
     assert client.post("/api/records", json=other, headers=robot).status_code == 403
-    assert not db.has_record("robot-2:1")
+    assert not db.has_record(f"robot-2:{OUTBOX}:1")
     admin = _basic("admin", secrets["admin"])
     assert client.post("/api/records", json=other, headers=admin).status_code == 201
 
 
 @pytest.mark.parametrize("body, message", [
     (b"[1, 2]", "expected {\"record_id\""),
-    (json.dumps({"record_id": "robot-1:5", "record": {"kind": "plant", "robot_id": "robot-1"}}).encode(),
+    (json.dumps({"record_id": f"robot-1:{OUTBOX}:5", "record": {"kind": "plant", "robot_id": "robot-1"}}).encode(),
      "missing key"),
-    (json.dumps({"record_id": "robot-1:5", "record": _record(), "thumbnail_jpeg_b64": "aGVsbG8="}).encode(), "JPEG"),
+    (json.dumps({"record_id": f"robot-1:{OUTBOX}:5", "record": _record(), "thumbnail_jpeg_b64": "aGVsbG8="}).encode(), "JPEG"),
     (b"\xff\xfe not json", "bad record"),
     # A record id in another robot's namespace would make that robot's real record a "duplicate".
-    (json.dumps({"record_id": "robot-2:5", "record": _record()}).encode(), "must start with 'robot-1:'"),
+    (json.dumps({"record_id": f"robot-2:{OUTBOX}:5", "record": _record()}).encode(), "is not robot-1:<32 hex digits>"),
 ])
 def test_bad_records_are_rejected_with_a_reason(client, station, body, message):
     db, _, secrets = station

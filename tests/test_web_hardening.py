@@ -30,7 +30,7 @@ from station.web.app import create_app
 from station.web.auth import add_user
 from station.web.server import WebServer
 from station.web.users_cli import register as register_user_commands
-from test_web_auth import _basic, client, station  # noqa: F401  (the same station and users)
+from test_web_auth import OUTBOX, _basic, client, station  # noqa: F401  (the same station and users)
 
 # Ids a database written before ids were validated at ingestion may hold.
 AWKWARD_IDS = ("north/field", "a?b#c", "..", "50% done", "..%2F")
@@ -175,7 +175,7 @@ def test_thumbnails_do_not_spend_the_page_budget(station):
 def _plant_body(plant_id: int) -> dict:
     record = PlantRecord("robot-1", "s1", plant_id, 1_780_100_000.0, "Tomato___Late_blight", 0, 0.9, 3, row=1,
                          metre=1.0)
-    return {"record_id": f"robot-1:{plant_id}", "record": record.to_dict()}
+    return {"record_id": f"robot-1:{OUTBOX}:{plant_id}", "record": record.to_dict()}
 
 
 def test_a_form_on_another_port_cannot_write_with_an_admins_cookie(client, station):
@@ -198,7 +198,7 @@ def test_a_form_on_another_port_cannot_write_with_an_admins_cookie(client, stati
     r = client.post("/api/records", content=body, headers={"Content-Type": "application/json",
                                                            "Origin": "http://testserver",
                                                            "Sec-Fetch-Site": "same-origin"})
-    assert r.status_code == 201 and db.has_record("robot-1:9100")
+    assert r.status_code == 201 and db.has_record(f"robot-1:{OUTBOX}:9100")
 
 
 def test_sign_in_from_another_origin_is_refused(client, station):

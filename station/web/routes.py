@@ -24,7 +24,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
-from robot.records import PlantRecord, RecordError, record_from_dict
+from robot.records import PlantRecord, RecordError, parse_record_id, record_from_dict
 from station.report import csv_lines, geojson_chunks, render_report
 
 from . import queries, svg, views
@@ -245,9 +245,8 @@ async def post_record(request: Request, who: Principal = Depends(writer)) -> Res
         if not isinstance(msg, dict) or not isinstance(msg.get("record_id"), str):
             raise RecordError('expected {"record_id": "<robot_id>:<seq>", "record": {...}}')
         record = record_from_dict(msg.get("record"))
-        if not msg["record_id"].startswith(f"{record.robot_id}:"):
-            # Ids are the duplicate filter: a foreign prefix could shadow another robot's records.
-            raise RecordError(f"record_id {msg['record_id']!r} must start with {record.robot_id + ':'!r}")
+        # The one documented id shape, with the record's own robot (ids are the duplicate filter).
+        parse_record_id(msg["record_id"], record.robot_id)
         thumb = _thumbnail(msg.get("thumbnail_jpeg_b64"), record)
     except (ValueError, RecordError) as e:
         return JSONResponse({"detail": f"bad record: {e}"}, 422)
