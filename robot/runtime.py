@@ -185,6 +185,7 @@ class Runtime:
     # -- counting and telemetry -------------------------------------------------------
     def _count(self, tracks: list[Track], now: Position) -> None:
         cfg, state = self.config, self._state
+        counted: list[tuple[PlantRecord, bytes | None]] = []
         for track in sorted(tracks, key=lambda t: t.id):
             if not track.votes:  # seen, but never a usable view (e.g. only a sliver at the edge)
                 continue
@@ -204,10 +205,9 @@ class Runtime:
             thumb = None
             if (record.diseased or record.uncertain) and track.best_crop is not None:
                 thumb = _jpeg(track.best_crop, cfg.thumbnail_px)
-            self._submit(record, thumb)  # queued durably first: a kill after this is repaired on restart
-            self.store.add_plant(record)
-            state.stats.add(record)
-            self._dirty_rows.add(record.row)
+            counted.append((record, thumb))
+        if counted:
+            self._queue_counted(counted)
         t = now.t if now.t is not None else 0.0
         if self._next_summary is None or t >= self._next_summary:
             self._summaries()
@@ -245,18 +245,38 @@ class Runtime:
                 self._state.next_plant_id = record.plant_id + 1
                 log.warning("recovered plant %d of survey %s from the outbox", record.plant_id, record.survey_id)
 
+    def _queue_counted(self, counted: list[tuple[PlantRecord, bytes | None]]) -> None:
+        """The plants a frame ended: in the outbox (one transaction) before the survey database, so a
+        kill in between is repaired on restart (``_recover_counted``) and no counted plant is lost."""
+        for sink in self.sinks:
+            if hasattr(sink, "commit"):
+                try:
+                    sink.commit(counted)
+                except Exception:  # noqa: BLE001 - a broken link must not stop the survey
+                    self.sink_errors += 1
+                    log.exception("telemetry sink %r failed; the survey goes on", sink)
+            else:
+                for record, thumb in counted:
+                    self._submit_to(sink, record, thumb)
+        for record, _ in counted:
+            self.store.add_plant(record)
+            self._state.stats.add(record)
+            self._dirty_rows.add(record.row)
+
     def _submit(self, record: PlantRecord | RowSummary | Heartbeat, thumbnail: bytes | None = None) -> None:
         for sink in self.sinks:
-            try:
-                if isinstance(record, PlantRecord) and hasattr(sink, "commit"):
-                    sink.commit([(record, thumbnail)])  # counted plants: in the outbox before we go on
-                elif thumbnail is None:
-                    sink.submit(record)
-                else:
-                    sink.submit(record, thumbnail=thumbnail)
-            except Exception:  # noqa: BLE001 - a broken link must not stop the survey
-                self.sink_errors += 1
-                log.exception("telemetry sink %r failed; the survey goes on", sink)
+            self._submit_to(sink, record, thumbnail)
+
+    def _submit_to(self, sink: Sink, record: PlantRecord | RowSummary | Heartbeat,
+                   thumbnail: bytes | None = None) -> None:
+        try:
+            if thumbnail is None:
+                sink.submit(record)
+            else:
+                sink.submit(record, thumbnail=thumbnail)
+        except Exception:  # noqa: BLE001 - a broken link must not stop the survey
+            self.sink_errors += 1
+            log.exception("telemetry sink %r failed; the survey goes on", sink)
 
     # -- the report ------------------------------------------------------------------
     def report(self) -> dict[str, Any]:
