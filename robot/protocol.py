@@ -392,8 +392,9 @@ def decode_row(p: bytes, robot_id: str, ctx: SurveyContext) -> RowSummary:
 
 
 # HEARTBEAT: t f64, queue u32, frames u32, fps f32, ref u8 (0xFF none), row u16,
-# metre f32 (NaN none), lat/lon i32 (1e-7 deg), status UTF-8 (1..64 bytes).
-_HB = struct.Struct("<dIIfBHfii")
+# metre f32 (NaN none), lat/lon i32 (1e-7 deg), dropped u32 (0xFFFFFFFF none), status UTF-8 (1..64 bytes).
+NONE_U32 = 0xFFFFFFFF
+_HB = struct.Struct("<dIIfBHfiiI")
 _HB_REF_OFFSET = struct.calcsize("<dIIf")
 
 
@@ -404,6 +405,7 @@ def encode_heartbeat(h: Heartbeat, ctx: SurveyContext | None) -> bytes:
             NONE_U8 if ctx is None else ctx.ref, NONE_U16 if h.row is None else h.row,
             math.nan if h.metre is None else h.metre, _deg7(math.nan if h.lat is None else h.lat),
             _deg7(math.nan if h.lon is None else h.lon),
+            NONE_U32 if h.dropped is None else min(h.dropped, NONE_U32 - 1),
         ) + _text(h.status, "status")
     except struct.error as e:
         raise EncodeError(f"heartbeat out of range: {e}") from e
@@ -418,7 +420,7 @@ def heartbeat_ref(p: bytes) -> int | None:
 
 def decode_heartbeat(p: bytes, robot_id: str, ctx: SurveyContext | None) -> Heartbeat:
     heartbeat_ref(p)
-    t, queue, frames, fps, _, row, metre, lat, lon = _HB.unpack_from(p)
+    t, queue, frames, fps, _, row, metre, lat, lon, dropped = _HB.unpack_from(p)
     if not (math.isfinite(t) and math.isfinite(fps)):
         raise InvalidRecord("HEARTBEAT time or fps is not finite")
     try:
@@ -427,6 +429,7 @@ def decode_heartbeat(p: bytes, robot_id: str, ctx: SurveyContext | None) -> Hear
             None if ctx is None else ctx.survey_id,
             None if lat == NONE_I32 else lat / 1e7, None if lon == NONE_I32 else lon / 1e7,
             None if row == NONE_U16 else row, None if math.isnan(metre) else metre,
+            None if dropped == NONE_U32 else dropped,
         ))
     except RecordError as e:
         raise InvalidRecord(str(e)) from e

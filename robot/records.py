@@ -229,7 +229,7 @@ class Heartbeat(_Record):
     lon: float | None = None
     row: int | None = None
     metre: float | None = None
-    dropped: int | None = None  # records the outbox dropped so far (full, unreadable); MQTT only
+    dropped: int | None = None  # records the robot lost so far (outbox full, unreadable, disk full)
 
 
 RECORD_TYPES: dict[str, type] = {c.kind: c for c in (PlantRecord, RowSummary, Heartbeat)}

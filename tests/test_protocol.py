@@ -88,7 +88,7 @@ def test_round_trip_of_every_message_type(key):
                         lat=48.0001, lon=10.9999)
     unc = PlantRecord("r7", "s", 78, CTX.t0, UNCERTAIN, -1, 0.3, 1)
     row = RowSummary("r7", "s", 2, 40, 4, 1, 0.1, 0.05, 0.2, CTX.t0 + 9)
-    hb = Heartbeat("r7", CTX.t0 + 1, 12, 900, 9.5, "ok", "s", 48.0, 11.0, 2, 3.25)
+    hb = Heartbeat("r7", CTX.t0 + 1, 12, 900, 9.5, "ok", "s", 48.0, 11.0, 2, 3.25, dropped=17)
     ctx = P.SurveyContext(0, "s", CTX.t0, CTX.lat0, CTX.lon0)
     cases = [
         (P.MsgType.HELLO, P.encode_hello("r7", bytes(range(16))), lambda p: P.decode_hello(p) == ("r7", bytes(range(16)))),
