@@ -131,6 +131,8 @@ def test_sign_in_form_counts_failures_too(client, station):
              for i in range(6)]
     assert codes == [401] * 5 + [429]
     assert client.post("/signin", data={"name": "admin", "secret": secrets["admin"]}).status_code == 429
+    page = client.post("/signin", data={"name": "admin", "secret": secrets["admin"]}, headers={"Accept": "text/html"})
+    assert page.status_code == 429 and 'role="alert">Too many failed sign-ins; locked out for another' in page.text
     assert client.post("/signin", data={"name": "viewer", "secret": secrets["viewer"]},
                        follow_redirects=False).status_code == 303
 

@@ -179,11 +179,17 @@ def _add_error_pages(app: FastAPI) -> None:
 
     @app.exception_handler(access.RateLimited)
     async def _rate_limited(request: Request, exc: access.RateLimited) -> Response:
-        if isinstance(exc, access.LockedOut):
-            # A guesser that ignores Retry-After waits anyway, without holding a thread or the CPU,
-            # so eight guessing threads cost the station a few requests a second, not its cores.
-            await asyncio.sleep(access.station_state(request).login_tarpit_s)
-        return detail(429, str(exc), {"Retry-After": retry_after_header(exc.wait_s)})
+        headers = {"Retry-After": retry_after_header(exc.wait_s)}
+        if not isinstance(exc, access.LockedOut):
+            return detail(429, str(exc), headers)
+        # A guesser that ignores Retry-After waits anyway, without holding a thread or the CPU,
+        # so eight guessing threads cost the station a few requests a second, not its cores.
+        await asyncio.sleep(access.station_state(request).login_tarpit_s)
+        if "text/html" in request.headers.get("accept", ""):  # a browser: the sign-in form says why
+            response = render(request, "signin.html", 429, error=f"{str(exc).capitalize()}.", next="/")
+            response.headers.update(headers)
+            return response
+        return detail(429, str(exc), headers)
 
     @app.exception_handler(routes.NotFound)
     async def _not_found(request: Request, exc: Exception) -> Response:
