@@ -20,7 +20,7 @@ import numpy as np
 from training.checkpoint import checkpoint_preprocess, file_sha256, leafscout_version, load_checkpoint
 from training.metrics import classification_metrics, health_metrics
 from vision import count_macs, count_params
-from vision.bundle import FORMAT, FP32_NAME, INT8_NAME, load_bundle, softmax
+from vision.bundle import FORMAT, FP32_NAME, INT8_NAME, SELFTEST_NAME, load_bundle, softmax
 from vision.taxonomy import Taxonomy
 
 from .data import BUNDLE_SPLIT_NAME, load_images, pick_calibration, resolve_split, split_beside, write_bundle_split
@@ -150,6 +150,18 @@ def _manifest(
     return manifest
 
 
+SELFTEST_SAMPLES = 16
+
+
+def _write_selftest(path: Path, x: np.ndarray, fp32: np.ndarray, int8: np.ndarray | None) -> None:
+    """A few evaluation inputs (spread over the set) and the logits each model gave them."""
+    idx = np.linspace(0, len(x) - 1, min(SELFTEST_SAMPLES, len(x))).round().astype(int)
+    arrays = {"inputs": x[idx].astype(np.float32), "fp32_logits": fp32[idx].astype(np.float32)}
+    if int8 is not None:
+        arrays["int8_logits"] = int8[idx].astype(np.float32)
+    np.savez_compressed(path, **arrays)
+
+
 def _move_into_place(tmp: Path, out: Path) -> None:
     """Replace ``out`` by ``tmp``; a README.md already in ``out`` (the reference bundle's) is kept."""
     readme = out / "README.md"
@@ -227,11 +239,13 @@ def export_bundle(
             metrics["per_source"] = per_source
             metrics["per_source_model"] = FP32_NAME if int8_logits is None else INT8_NAME
         write_bundle_split(split_path, tmp)
+        _write_selftest(tmp / SELFTEST_NAME, x, fp32, int8_logits)
         manifest = _manifest(checkpoint, ckpt, folded, data_split.sha256, split, metrics, parity, quantization)
-        manifest = write_manifest(tmp, manifest, extra_files=(BUNDLE_SPLIT_NAME,), sign_key=sign_key)
-        load_bundle(tmp, int8=False)  # the written bundle must load under its own strict rules
-        if int8_logits is not None:
-            load_bundle(tmp, int8=True)
+        manifest = write_manifest(tmp, manifest, extra_files=(BUNDLE_SPLIT_NAME, SELFTEST_NAME), sign_key=sign_key)
+        for use_int8 in (False, True) if int8_logits is not None else (False,):
+            check = load_bundle(tmp, int8=use_int8).self_test()  # loads under its own strict rules, and checks itself
+            if not check.ok:
+                raise ParityError(f"the written bundle fails its own self-test: {check.detail}")
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

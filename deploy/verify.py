@@ -93,6 +93,10 @@ def verify_bundle(
     has_int8 = INT8_NAME in manifest["files"]
     report.add("load", True, "format, file hashes, embedded manifest, input shape and class count"
                + (", signature" if public_key is not None else ""))
+    # Parity on the stored samples needs neither the checkpoint nor the data.
+    for use_int8 in (False, True) if INT8_NAME in manifest["files"] else (False,):
+        check = (fp32 if not use_int8 else load_bundle(path, int8=True, public_key=public_key)).self_test()
+        report.add(f"self-test {INT8_NAME if use_int8 else FP32_NAME}", check.ok, check.detail)
     for name in (FP32_NAME, INT8_NAME) if has_int8 else (FP32_NAME,):
         try:
             check_onnx(fp32.path / name)

@@ -50,7 +50,7 @@ def _rewrite(b: Path, **changes) -> None:
     """Re-write the bundle consistently (embedded copy and hashes too) with ``changes`` applied."""
     m = _manifest(b)
     m.update(changes)
-    write_manifest(b, m, extra_files=("split.json.gz",))
+    write_manifest(b, m, extra_files=tuple(n for n in ("split.json.gz", "selftest.npz") if (b / n).is_file()))
 
 
 def _data_dir(bundle: Path) -> Path:
@@ -233,3 +233,14 @@ def test_reference_bundle_ships_with_the_package() -> None:
                and not any(fnmatch.fnmatch(f"reference_bundle/{n}", pat) for pat in data.get("vision", []))]
     assert not missing, f"pyproject.toml package-data does not ship {missing} of {ref}"
     assert sum((ref / n).stat().st_size for n in names) <= 5 * 1024 * 1024
+
+
+def test_self_test_catches_a_model_that_no_longer_gives_its_recorded_logits(bundle: Path) -> None:
+    assert load_bundle(bundle, int8=False).self_test().ok
+    with np.load(bundle / "selftest.npz") as z:
+        arrays = dict(z)
+    arrays["fp32_logits"] = arrays["fp32_logits"] + 0.01  # what another model (or a broken runtime) would give
+    np.savez_compressed(bundle / "selftest.npz", **arrays)
+    _rewrite(bundle)
+    result = load_bundle(bundle, int8=False).self_test()
+    assert result.ok is False and result.max_abs_diff == pytest.approx(0.01, rel=1e-3) and "allowed" in result.detail

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +28,8 @@ __all__ = [
     "SIGNATURE_NAME",
     "FP32_NAME",
     "INT8_NAME",
+    "SELFTEST_NAME",
+    "SelfTestResult",
     "METADATA_KEY",
     "PUBLIC_KEY_ENV",
     "Bundle",
@@ -53,6 +56,11 @@ MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"
 FP32_NAME = "model.onnx"
 INT8_NAME = "model.int8.onnx"
+# Stored sample inputs and the logits export measured on them: a bundle checks itself
+# (``Bundle.self_test``) on any machine, without its checkpoint or data.
+SELFTEST_NAME = "selftest.npz"
+SELFTEST_FP32_TOLERANCE = 1e-4  # max |logit difference| (the parity gate's)
+SELFTEST_INT8_TOLERANCE = 0.25  # int8 kernels differ between CPUs (VNNI or not): a looser bound, same top-1
 # ONNX metadata_props key holding the manifest without its "files" block (a file
 # cannot contain its own hash).
 METADATA_KEY = "leafscout.manifest"
@@ -239,6 +247,16 @@ def session_options(threads: int | None = None) -> Any:
     return opts
 
 
+@dataclass(frozen=True)
+class SelfTestResult:
+    ok: bool | None  # None: the bundle stores no samples (exported before self-tests)
+    n: int
+    max_abs_diff: float
+    top1_agreement: float
+    tolerance: float
+    detail: str
+
+
 class Bundle:
     """A loaded, checked bundle: an onnxruntime session plus what the manifest says about it."""
 
@@ -339,6 +357,26 @@ class Bundle:
     def probs(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities: softmax(logits / temperature)."""
         return softmax(self.logits(batch), self.temperature)
+
+    def self_test(self) -> SelfTestResult:
+        """Run the stored sample inputs and compare with the logits export recorded for this model file."""
+        path = self.path / SELFTEST_NAME
+        if SELFTEST_NAME not in self.manifest["files"]:
+            return SelfTestResult(None, 0, 0.0, 0.0, 0.0, f"{self.path}: no {SELFTEST_NAME} (exported before self-tests)")
+        with np.load(path) as z:  # its hash was checked when the bundle loaded
+            x = z["inputs"]
+            key = "int8_logits" if self.is_int8 else "fp32_logits"
+            if key not in z:
+                return SelfTestResult(False, 0, float("inf"), 0.0, 0.0, f"{SELFTEST_NAME} has no {key}")
+            want = z[key]
+        got = self.logits(x)
+        tol = SELFTEST_INT8_TOLERANCE if self.is_int8 else SELFTEST_FP32_TOLERANCE
+        diff = float(np.abs(got - want).max()) if len(x) else 0.0
+        agree = float((got.argmax(1) == want.argmax(1)).mean()) if len(x) else 1.0
+        ok = diff <= tol and agree == 1.0
+        return SelfTestResult(ok, len(x), diff, agree, tol,
+                              f"{self.model_file} on {len(x)} stored inputs: max |logit diff| {diff:.2e} "
+                              f"(allowed {tol:g}), top-1 agreement {100 * agree:.1f}%")
 
     def classify(self, images_bgr: Sequence[np.ndarray]) -> np.ndarray:
         """Probabilities for OpenCV BGR uint8 images, preprocessed exactly as the manifest says."""
