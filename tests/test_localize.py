@@ -92,3 +92,26 @@ def test_bad_frames_and_settings_are_rejected_clearly() -> None:
         LeafLocalizer()(np.zeros((48, 64, 3), np.float32))
     with pytest.raises(LocalizeError, match="min_area < max_area"):
         LocalizeConfig(min_area=0.6, max_area=0.5)
+
+
+def test_gray_world_undoes_a_warm_cast_but_not_a_different_ground() -> None:
+    from vision.white_balance import SOIL_BGR, WhiteBalance, WhiteBalanceError, apply_gains, balance_gains
+
+    wb = WhiteBalance("gray-world", reference=SOIL_BGR)
+    soil = np.array(SOIL_BGR)
+    warm = soil * np.array([0.7, 1.0, 1.25])  # the same soil under a warm cast
+    gains = balance_gains(np.zeros((4, 4, 3), np.uint8), wb, warm)
+    fixed = warm * gains
+    assert np.allclose(fixed / fixed.sum(), soil / soil.sum(), atol=0.02)  # the soil's colour is back
+    straw = np.array([110.0, 175.0, 200.0])  # another ground: greener, not a light change
+    g = balance_gains(np.zeros((4, 4, 3), np.uint8), wb, straw)
+    assert g[0] * g[2] == pytest.approx(g[1] ** 2, rel=1e-4)  # blue up as much as red down: no green change
+    assert abs(g[0] / g[2] - 1) < 0.35  # and modest
+    full = balance_gains(np.zeros((4, 4, 3), np.uint8), WhiteBalance("gray-world", reference=SOIL_BGR, axis="full"),
+                         straw)
+    assert full[1] < 0.9  # the full correction would pull the green down too
+    leaf = np.full((2, 2, 3), (60, 140, 50), np.uint8)
+    assert (apply_gains(leaf, np.array([1.0, 1.0, 1.0], np.float32)) == leaf).all()
+    assert apply_gains(leaf, np.array([2.0, 1.0, 0.5], np.float32))[0, 0].tolist() == [120, 140, 25]
+    with pytest.raises(WhiteBalanceError, match="mode 'auto' is not one of off, gray-world"):
+        WhiteBalance("auto")

@@ -12,7 +12,10 @@ same way (von Kries): multiply each channel by a gain. The gains come from
 - ``off``: no correction.
 
 Gains are normalised so the frame's brightness is unchanged (only chroma moves) and
-clipped to ``max_gain``, so a frame that is all leaf cannot be pushed far off.
+clipped to ``max_gain``, so a frame that is all leaf cannot be pushed far off. With
+``axis = "daylight"`` (the default) only the blue-versus-red part of a correction is
+applied: that is how daylight, shade and a camera's white balance move colours, while
+a different ground (yellow straw, grey gravel) differs in green too and is left alone.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import numpy as np
 __all__ = ["WhiteBalance", "WhiteBalanceError", "MODES", "SOIL_BGR", "balance_gains", "apply_gains"]
 
 MODES = ("off", "gray-world", "white-patch", "fixed")
+AXES = ("daylight", "full")
 # Mean colour of the brown soil the simulator draws and the classifier's training pastes
 # leaves on: gray-world's default target, so a corrected frame looks like what the model saw.
 # A field with other soil sets its own in robot.toml ([white_balance] reference).
@@ -43,6 +47,7 @@ class WhiteBalance:
     gains: tuple[float, float, float] = (1.0, 1.0, 1.0)  # for mode "fixed"
     max_gain: float = 2.0  # no channel is scaled by more than this (or less than its inverse)
     white_percentile: float = 99.0  # white-patch: this percentile of each channel is taken as white
+    axis: str = "daylight"  # daylight: correct only along blue-red (how daylight varies); full: every channel
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -53,6 +58,8 @@ class WhiteBalance:
                 raise WhiteBalanceError(f"white balance {name} must be three positive numbers (B, G, R), got {v!r}")
         if self.max_gain < 1:
             raise WhiteBalanceError(f"white balance max_gain must be >= 1, got {self.max_gain}")
+        if self.axis not in AXES:
+            raise WhiteBalanceError(f"white balance axis {self.axis!r} is not one of {', '.join(AXES)}")
         if not 50 <= self.white_percentile <= 100:
             raise WhiteBalanceError(f"white_percentile must be in [50, 100], got {self.white_percentile}")
 
@@ -61,7 +68,12 @@ class WhiteBalance:
         return self.mode != "off"
 
 
-def _normalised(gains: np.ndarray, max_gain: float) -> np.ndarray:
+def _normalised(gains: np.ndarray, max_gain: float, axis: str = "full") -> np.ndarray:
+    if axis == "daylight":
+        # keep only the blue-versus-red part (log B - log R): sun, shade and a camera's white balance move
+        # colours along it, while a different ground (straw, gravel) moves them along green too
+        k = (np.log(gains[0]) - np.log(gains[2])) / 2
+        gains = np.exp(np.array([k, 0.0, -k]))
     gains = gains * (3.0 / gains.sum())  # brightness unchanged: only chroma moves
     return np.clip(gains, 1.0 / max_gain, max_gain).astype(np.float32)
 
@@ -80,10 +92,10 @@ def balance_gains(
         return _normalised(np.asarray(config.gains, np.float64), config.max_gain)
     if config.mode == "white-patch":
         white = np.percentile(image.reshape(-1, 3)[::7], config.white_percentile, axis=0)
-        return _normalised(255.0 / np.maximum(white, 1.0), config.max_gain)
+        return _normalised(255.0 / np.maximum(white, 1.0), config.max_gain, config.axis)
     mean = np.asarray(background_bgr if background_bgr is not None else cv2.mean(image)[:3], np.float64)
     ref = np.asarray(config.reference if config.reference is not None else (1.0, 1.0, 1.0), np.float64)
-    return _normalised(ref / ref.sum() / np.maximum(mean / max(mean.sum(), 1e-6), 1e-3), config.max_gain)
+    return _normalised(ref / ref.sum() / np.maximum(mean / max(mean.sum(), 1e-6), 1e-3), config.max_gain, config.axis)
 
 
 def apply_gains(image: np.ndarray, gains: np.ndarray) -> np.ndarray:
