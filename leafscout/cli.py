@@ -19,6 +19,7 @@ _COMMAND_MODULES = (
     "training.study_cli",
     "deploy.cli",
     "robot.cli",
+    "robot.bundle_cli",
     "station.cli",
     "station.report_cli",
     "station.web.users_cli",

@@ -59,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "a flag given here wins); see robot/robot.example.toml")
     p.add_argument("--camera", help="camera source (see above); required unless --config names one")
     p.add_argument("--bundle", type=Path, default=None,
-                   help="deploy bundle directory (default: the packaged reference bundle)")
+                   help="deploy bundle directory, or a bundles directory of `leafscout bundle install` (default: "
+                   "the installed current bundle, else the packaged reference bundle)")
     p.add_argument("--gps", default=None,
                    help="GPS: a pyserial URL (/dev/ttyUSB0, a pty, loop://) or a recorded NMEA file; "
                    "the simulator source needs none")
@@ -230,9 +231,10 @@ def _run(args: argparse.Namespace) -> int:
 
     import cv2
 
-    from vision.bundle import BundleError, default_bundle_path, load_bundle
+    from vision.bundle import BundleError
     from vision.classifier import ClassifierError, LeafClassifier
 
+    from .bundle_store import load_run_bundle
     from .camera import CameraError, open_capture
     from .gps import GpsError
     from .runtime import Runtime, RuntimeConfig, write_report
@@ -259,8 +261,8 @@ def _run(args: argparse.Namespace) -> int:
             signal.signal(sig, lambda *_: stop.set())
     try:
         with contextlib.ExitStack() as stack:
-            bundle = load_bundle(args.bundle or default_bundle_path(), int8=args.int8,
-                                 providers=_providers(args.providers), threads=args.threads)
+            bundle = load_run_bundle(args.bundle, int8=args.int8,  # installed: falls back to last-known-good
+                                     providers=_providers(args.providers), threads=args.threads)
             classifier = LeafClassifier(bundle, abstain_below=args.abstain_below)
             positions = _positions(args, stack)
             capture = stack.enter_context(open_capture(args.camera, live=args.live))
