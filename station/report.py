@@ -285,7 +285,7 @@ MAP_POINTS_IN_REPORT = 5000  # diseased and uncertain plants drawn on the report
 
 
 def render_report(conn: sqlite3.Connection, robots: list, survey_id: str, thumbnail=None, *,
-                  row_summaries: list = (), summary=None) -> str:
+                  row_summaries: list = (), summary=None, basemap=None) -> str:
     """The survey as one HTML document with inline CSS, the field map (with its pan and
     zoom script and the flagged plants as points), the time chart and thumbnails.
 
@@ -293,7 +293,8 @@ def render_report(conn: sqlite3.Connection, robots: list, survey_id: str, thumbn
     ``StationDB.rows``; ``thumbnail(record_id)`` returns JPEG bytes
     (``StationDB.thumbnail``), or is None to leave the gallery out. ``summary`` may be
     passed by a caller that keeps running aggregates (the dashboard); otherwise the
-    survey is aggregated once here.
+    survey is aggregated once here. ``basemap`` (a ``station.web.svg.Basemap`` with a
+    data: URL) is drawn under a GPS map.
     """
     from leafscout import __version__
     from station.web import queries, rendering, svg, views
@@ -316,7 +317,7 @@ def render_report(conn: sqlite3.Connection, robots: list, survey_id: str, thumbn
         generated=views.utc_text(datetime.now(timezone.utc).timestamp()) + " UTC",
         css=rendering.stylesheet(),
         map_js=rendering.map_script(),
-        field_map_svg=svg.survey_map(summary, points),
+        field_map_svg=svg.survey_map(summary, points, basemap),
         map_points=len(points),
         timeline_svg=svg.incidence_over_time(summary.timeline),
         robots=views.robot_views([r for r in robots if r.robot_id in in_survey]),
@@ -329,14 +330,16 @@ def _survey_robots(conn: sqlite3.Connection, survey_id: str) -> set[str]:
     return {r[0] for r in conn.execute("SELECT DISTINCT robot_id FROM plants WHERE survey_id = ?", (survey_id,))}
 
 
-def write_report(db: Any, survey_id: str, out_dir: str | Path) -> ReportPaths:
+def write_report(db: Any, survey_id: str, out_dir: str | Path, *, basemap=None) -> ReportPaths:
     """Write ``report.html``, ``plants.csv`` and ``observations.geojson`` for one survey,
     streaming: memory stays bounded however many plants the survey has, and the
     observations are checked while they are written (``ReportPaths.problems``).
 
-    ``db`` is a ``station.db.StationDB`` or the path of a station database.
+    ``db`` is a ``station.db.StationDB`` or the path of a station database; ``basemap`` a
+    ``station.web.app.BasemapFile`` to draw under a GPS map.
     """
     from station.db import open_db
+    from station.web.svg import Basemap
     from station.web import queries
     from station.web.aggregates import SurveyAggregates
 
@@ -371,7 +374,8 @@ def write_report(db: Any, survey_id: str, out_dir: str | Path) -> ReportPaths:
                 features += 1
             geo_file.write(geojson_tail(survey_id, features, skipped))
         summary = aggregates.summary(conn, survey_id, db.rows(survey_id))
-        html = render_report(conn, db.robots(), survey_id, db.thumbnail, summary=summary)
+        inline = Basemap(basemap.data_url(), basemap.bounds) if basemap is not None else None
+        html = render_report(conn, db.robots(), survey_id, db.thumbnail, summary=summary, basemap=inline)
         paths[0].write_text(html, encoding="utf-8")
     log.info("survey %s: %d plants, %d observations (%d without position) -> %s",
              survey_id, features + skipped, features, skipped, out)

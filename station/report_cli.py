@@ -17,6 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--survey", metavar="ID", help="survey id to report on (default: list the surveys and stop)")
     p.add_argument("--out", default="report_out", metavar="DIR",
                    help="folder for the three files (created; default: report_out)")
+    from station.web.station_service import add_basemap_options
+
+    add_basemap_options(p)
     p.set_defaults(func=_run)
     # The farmOS export sits beside the report (same data, another destination).
     from station.farmos_cli import register as register_farmos
@@ -43,9 +46,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{s.survey_id}\t{s.plants} plants\t{s.diseased} diseased\trobots {','.join(s.robots)}")
         print("choose one with --survey ID", file=sys.stderr)
         return 2 if surveys else 1
+    from station.web.station_service import basemap_from
+
     try:
-        paths = write_report(args.db, args.survey, args.out)
-    except ReportError as e:
+        paths = write_report(args.db, args.survey, args.out, basemap=basemap_from(args))
+    except (ReportError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if paths.problems:  # checked while written (station.report.ObservationChecker)

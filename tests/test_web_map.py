@@ -125,3 +125,45 @@ def test_summary_api_carries_the_maps_cells(big):
         doc = c.get("/api/surveys/f/summary", headers=viewer).json()
     assert doc["row_cell_m"] == 2.0 and len(doc["row_cells"]) == 150
     assert sum(cell["diseased"] for cell in doc["row_cells"]) == truth.diseased
+
+
+def _png(path, size=(40, 30)):
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(path), np.full((size[1], size[0], 3), (60, 140, 90), np.uint8))
+    return path
+
+
+def test_gps_survey_points_basemap_and_report(tmp_path):
+    from station.report import write_report
+    from station.web.app import BasemapFile
+
+    db = open_db(tmp_path / "station.db")
+    try:
+        fill_survey(db, "gps", row_incidence=(0.2, 0.6), plants_per_row=80, with_rows=False)
+        token = add_user(tmp_path / "users.json", "v", "viewer")
+        image = _png(tmp_path / "ortho.png")
+        basemap = BasemapFile.parse(image, "4.9999,51.9999,5.0007,52.0001")
+        viewer = _basic("v", token)
+        with TestClient(create_app(db, tmp_path / "users.json", basemap=basemap)) as c:
+            page = c.get("/surveys/gps", headers=viewer).text
+            assert 'data-geo="gps"' in page and '<image class="basemap" href="/basemap"' in page
+            r = c.get("/basemap", headers=viewer)
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+            assert r.content == image.read_bytes()
+            assert c.get("/basemap").status_code == 401
+            box = c.get("/api/surveys/gps/plants?lat_min=51.99&lat_max=52.01&lon_min=4.99&lon_max=5.01",
+                        headers=viewer).json()["plants"]
+            assert len(box) == 160 and all(p["row"] is None and p["lat"] for p in box)
+            assert c.get("/api/surveys/gps/plants", headers=viewer).status_code == 422
+            gallery = c.get("/surveys/gps/gallery", headers=viewer).text
+            assert "focus_lat=" in gallery and "focus_row=" not in gallery
+        paths = write_report(db, "gps", tmp_path / "out", basemap=basemap)
+        assert '<image class="basemap" href="data:image/png;base64,' in paths.html.read_text()
+    finally:
+        db.close()
+    with pytest.raises(ValueError, match="WEST,SOUTH,EAST,NORTH"):
+        BasemapFile.parse(image, "1,2,3")
+    with pytest.raises(ValueError, match="west < east"):
+        BasemapFile.parse(image, "5,52,4,53")

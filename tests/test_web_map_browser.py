@@ -184,3 +184,51 @@ def test_index_lists_surveys_a_page_at_a_time(tmp_path):
         db.close()
     if os.environ.get("LEAFSCOUT_MAP_SCREENSHOTS"):
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_gps_map_zooms_to_plants_over_a_basemap(tmp_path):
+    chromium = require_binary("chromium")
+    from playwright.sync_api import sync_playwright
+
+    from station.web.app import BasemapFile
+    from test_web_map import _png
+
+    shots = Path(os.environ.get("LEAFSCOUT_MAP_SCREENSHOTS") or tmp_path)
+    db = open_db(tmp_path / "station.db")
+    fill_survey(db, "gps-only", row_incidence=(0.2, 0.6, 0.4), plants_per_row=200, with_rows=False)
+    token = add_user(tmp_path / "users.json", "agronomist", "viewer")
+    basemap = BasemapFile.parse(_png(tmp_path / "ortho.png", (200, 60)), "4.9995,51.99995,5.0016,52.00005")
+    external: list[str] = []
+    try:
+        with WebServer(create_app(db, tmp_path / "users.json", basemap=basemap), "127.0.0.1", 0) as web, \
+                sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_context(viewport={"width": 1000, "height": 800}).new_page()
+                page.route("**/*", only_the_station(external))
+                _sign_in(page, web, token, "/surveys/gps-only")
+                svg = page.locator("svg.field-map")
+                assert svg.get_attribute("data-geo") == "gps" and svg.get_attribute("data-points") == "off"
+                assert page.evaluate("document.querySelector('image.basemap').getBBox().width") > 100
+                # Zoom with the wheel where the plants are (the south edge of their 10 m cells).
+                plants_y = page.evaluate("(() => { const s = document.querySelector('svg.field-map');"
+                                         " const d = s.dataset; const vb = s.viewBox.baseVal;"
+                                         " const y = +d.pad + (+d.lat1 - 52.000007) * +d.scale;"
+                                         " const r = s.getBoundingClientRect(); return r.top + y / vb.height * r.height; })()")
+                box = svg.bounding_box()
+                page.mouse.move(box["x"] + box["width"] * 0.5, plants_y)
+                for _ in range(12):
+                    page.mouse.wheel(0, -100)
+                page.wait_for_selector("svg.field-map[data-points=loaded]", timeout=15_000)
+                points = page.locator("svg.field-map circle.plant")
+                assert points.count() > 0
+                page.locator("svg.field-map circle.plant.diseased[data-thumbnail='1']").first.dispatch_event("click")
+                page.wait_for_function("() => { const i = document.querySelector('#map-panel img');"
+                                       " return i && i.complete && i.naturalWidth > 0; }", timeout=10_000)
+                assert "52.0" in page.locator("#map-panel").inner_text()  # its place: latitude, longitude
+                page.screenshot(path=str(shots / "map_gps.png"))
+            finally:
+                browser.close()
+    finally:
+        db.close()
+    assert external == []

@@ -73,6 +73,7 @@ class StationState:
     aggregates: SurveyAggregates
     secure_cookies: bool
     login_tarpit_s: float
+    basemap: "BasemapFile | None" = None
 
     rendered: dict = field(default_factory=dict)  # (survey, kind) -> (summary, rendering)
     rendered_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -95,6 +96,41 @@ class StationState:
         return value
 
 
+@dataclass(frozen=True)
+class BasemapFile:
+    """A north-up image of the field (PNG/JPEG/WebP) and its bounds: west, south, east, north
+    (WGS 84 degrees), e.g. a drone orthophoto exported from QGIS. No tiles from the internet."""
+
+    path: Path
+    bounds: tuple[float, float, float, float]
+
+    MEDIA_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+
+    @classmethod
+    def parse(cls, path: str | Path, bounds: str) -> "BasemapFile":
+        """From ``--basemap IMAGE --basemap-bounds WEST,SOUTH,EAST,NORTH``; ValueError names the problem."""
+        path = Path(path)
+        if path.suffix.lower() not in cls.MEDIA_TYPES or not path.is_file():
+            raise ValueError(f"basemap {str(path)!r} must be an existing {'/'.join(cls.MEDIA_TYPES)} file")
+        try:
+            west, south, east, north = (float(x) for x in bounds.split(","))
+        except ValueError:
+            raise ValueError(f"basemap bounds {bounds!r}: expected WEST,SOUTH,EAST,NORTH in degrees") from None
+        if not (-180 <= west < east <= 180 and -90 <= south < north <= 90):
+            raise ValueError(f"basemap bounds {bounds!r}: need west < east and south < north inside WGS 84")
+        return cls(path, (west, south, east, north))
+
+    @property
+    def media_type(self) -> str:
+        return self.MEDIA_TYPES[self.path.suffix.lower()]
+
+    def data_url(self) -> str:
+        """The image inline, for the self-contained report."""
+        import base64
+
+        return f"data:{self.media_type};base64," + base64.b64encode(self.path.read_bytes()).decode("ascii")
+
+
 def _user_store(users: UserStore | str | Path | dict) -> UserStore:
     if isinstance(users, UserStore):
         return users
@@ -114,6 +150,7 @@ def create_app(
     login_failures: int = 5,
     client_login_failures: int = 20,
     login_tarpit_s: float = 1.0,
+    basemap: "BasemapFile | None" = None,
 ) -> FastAPI:
     """Build the dashboard for a station database.
 
@@ -123,7 +160,7 @@ def create_app(
     when the station is served over HTTPS. ``login_failures`` wrong secrets for one
     account within a minute (``client_login_failures`` from one address) lock it out for
     a minute, then 2, 4, ... up to an hour; each refused attempt is answered after
-    ``login_tarpit_s``.
+    ``login_tarpit_s``. ``basemap`` is an image of the field drawn under GPS maps.
     """
     owns_db = not isinstance(db, StationDB)
     station_db = open_db(db) if owns_db else db
@@ -135,7 +172,7 @@ def create_app(
         queries.ensure_indexes(conn)
     state = StationState(station_db, owns_db, store, SessionStore(session_ttl_s), RateLimiter(rate_per_s, burst),
                          LoginGuard(login_failures), LoginGuard(client_login_failures),
-                         _Readers(station_db.path), SurveyAggregates(), secure_cookies, login_tarpit_s)
+                         _Readers(station_db.path), SurveyAggregates(), secure_cookies, login_tarpit_s, basemap)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):

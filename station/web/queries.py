@@ -47,7 +47,7 @@ def flagged(conn: sqlite3.Connection, survey_id: str, *, limit: int = 60, offset
     """Diseased and uncertain plants that came with a thumbnail, newest first (``where``:
     a :class:`PlantFilter` condition)."""
     return conn.execute(
-        "SELECT p.record_id, p.plant_id, p.label, p.confidence, p.row, p.metre, p.t, p.uncertain "
+        "SELECT p.record_id, p.plant_id, p.label, p.confidence, p.row, p.metre, p.lat, p.lon, p.t, p.uncertain "
         "FROM plants p JOIN thumbnails th ON th.record_id = p.record_id "
         f"WHERE p.survey_id = ? AND (p.diseased OR p.uncertain) AND {where} ORDER BY p.t DESC LIMIT ? OFFSET ?",
         (survey_id, *params, limit, offset),
@@ -142,6 +142,13 @@ def plants_in_view(conn: sqlite3.Connection, survey_id: str, *, row_min: int, ro
                    (survey_id, row_min, row_max, metre_min, metre_max, *params), limit)
 
 
+def plants_in_area(conn: sqlite3.Connection, survey_id: str, *, lat_min: float, lat_max: float, lon_min: float,
+                   lon_max: float, where: str = "1", params: tuple = (), limit: int = 2000) -> list[dict]:
+    """The plants inside a latitude/longitude box (the GPS map's view), at most ``limit``."""
+    return _points(conn, f"p.lat BETWEEN ? AND ? AND p.lon BETWEEN ? AND ? AND {where}",
+                   (survey_id, lat_min, lat_max, lon_min, lon_max, *params), limit)
+
+
 def flagged_points(conn: sqlite3.Connection, survey_id: str, *, limit: int = 5000) -> list[dict]:
     """Diseased and uncertain plants with a place in a row (the report's map points)."""
     return _points(conn, "(p.diseased OR p.uncertain) AND p.row IS NOT NULL AND p.metre IS NOT NULL",
@@ -151,7 +158,7 @@ def flagged_points(conn: sqlite3.Connection, survey_id: str, *, limit: int = 500
 def _points(conn: sqlite3.Connection, where: str, params: tuple, limit: int) -> list[dict]:
     rows = conn.execute(
         "SELECT p.record_id, p.plant_id, p.robot_id, p.t, p.label, p.confidence, p.diseased, p.uncertain, p.row, "
-        "p.metre, EXISTS(SELECT 1 FROM thumbnails th WHERE th.record_id = p.record_id) AS thumbnail FROM plants p "
+        "p.metre, p.lat, p.lon, EXISTS(SELECT 1 FROM thumbnails th WHERE th.record_id = p.record_id) AS thumbnail FROM plants p "
         f"WHERE p.survey_id = ? AND {where} LIMIT ?", (*params, limit),
     ).fetchall()
     return [{**dict(r), "thumbnail": bool(r["thumbnail"]), "diseased": bool(r["diseased"]),

@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
@@ -133,6 +133,21 @@ def thumbnail(request: Request, record_id: str, who: Principal = Depends(asset_v
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
 
+@router.get("/basemap", name="basemap")
+def basemap(request: Request, who: Principal = Depends(asset_viewer)) -> Response:
+    chosen = station_state(request).basemap
+    if chosen is None:
+        raise NotFound("this station has no basemap (leafscout station --basemap IMAGE --basemap-bounds W,S,E,N)")
+    return FileResponse(chosen.path, media_type=chosen.media_type, headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _basemap(request: Request, inline: bool = False) -> svg.Basemap | None:
+    chosen = station_state(request).basemap
+    if chosen is None:
+        return None
+    return svg.Basemap(chosen.data_url() if inline else link(request, "basemap"), chosen.bounds)
+
+
 # -- exports -------------------------------------------------------------------------
 def _attachment(survey_id: str, suffix: str) -> dict[str, str]:
     return {"Content-Disposition": f"attachment; filename*=UTF-8''{quote(survey_id + suffix)}"}
@@ -175,7 +190,8 @@ def farmos_json(request: Request, survey_id: str, who: Principal = Depends(princ
 def report_html(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
     state = station_state(request)
     conn = _known_survey(request, survey_id)
-    html = render_report(conn, state.db.robots(), survey_id, state.db.thumbnail, summary=state.summary(conn, survey_id))
+    html = render_report(conn, state.db.robots(), survey_id, state.db.thumbnail, summary=state.summary(conn, survey_id),
+                         basemap=_basemap(request, inline=True))
     return HTMLResponse(html, headers=_attachment(survey_id, "_report.html"))
 
 
@@ -191,14 +207,24 @@ def _summary_json(summary) -> bytes:
 
 
 @router.get("/api/surveys/{survey_id:anyid}/plants", name="plants_json")
-def plants_json(request: Request, survey_id: str, row_min: int = Query(..., ge=0), row_max: int = Query(..., ge=0),
-                metre_min: float = Query(...), metre_max: float = Query(...),
+def plants_json(request: Request, survey_id: str, row_min: int | None = Query(None, ge=0),
+                row_max: int | None = Query(None, ge=0), metre_min: float | None = None,
+                metre_max: float | None = None, lat_min: float | None = None, lat_max: float | None = None,
+                lon_min: float | None = None, lon_max: float | None = None,
                 limit: int = Query(MAP_POINTS, ge=1, le=MAP_POINTS), who: Principal = Depends(principal)) -> dict:
-    """The plants in a stretch of the map (what ``map.js`` draws when zoomed in), filtered like the page."""
+    """The plants in a stretch of rows (``row_*``, ``metre_*``) or a GPS box (``lat_*``, ``lon_*``):
+    what ``map.js`` draws when zoomed in, filtered like the page."""
     conn = _known_survey(request, survey_id)
     where, params = _plant_filter(request).sql()
-    plants = queries.plants_in_view(conn, survey_id, row_min=row_min, row_max=row_max, metre_min=metre_min,
-                                    metre_max=metre_max, where=where, params=params, limit=limit + 1)
+    rows_box, gps_box = (row_min, row_max, metre_min, metre_max), (lat_min, lat_max, lon_min, lon_max)
+    if None not in rows_box:
+        plants = queries.plants_in_view(conn, survey_id, row_min=row_min, row_max=row_max, metre_min=metre_min,
+                                        metre_max=metre_max, where=where, params=params, limit=limit + 1)
+    elif None not in gps_box:
+        plants = queries.plants_in_area(conn, survey_id, lat_min=lat_min, lat_max=lat_max, lon_min=lon_min,
+                                        lon_max=lon_max, where=where, params=params, limit=limit + 1)
+    else:
+        raise BadFilter("give row_min, row_max, metre_min and metre_max, or lat_min, lat_max, lon_min and lon_max")
     for p in plants:
         p["thumbnail_url"] = link(request, "thumbnail", record_id=p["record_id"]) if p["thumbnail"] else None
     return {"plants": plants[:limit], "truncated": len(plants) > limit}
@@ -223,9 +249,10 @@ def field_page(request: Request, survey_id: str, who: Principal = Depends(princi
         where, params = chosen.sql()
         tracks = {k: v for k, v in summary.tracks.items() if chosen.robot in (None, k)}
         summary = filtered_summary(conn, survey_id, where, params, tracks)
-        field_map_svg, timeline_svg = svg.survey_map(summary), svg.incidence_over_time(summary.timeline)
+        field_map_svg = svg.survey_map(summary, basemap=_basemap(request))
+        timeline_svg = svg.incidence_over_time(summary.timeline)
     else:
-        field_map_svg = state.rendering(summary, "map", svg.survey_map)
+        field_map_svg = state.rendering(summary, "map", lambda s: svg.survey_map(s, basemap=_basemap(request)))
         timeline_svg = state.rendering(summary, "timeline", lambda s: svg.incidence_over_time(s.timeline))
     robots = state.db.robots()
     robots = [r for r in robots if r.survey_id == survey_id] or robots

@@ -28,8 +28,29 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", metavar="PEM", help="serve the dashboard over HTTPS with this certificate "
                                                            "(chain) file; needs --tls-key. Cookies are then Secure")
     parser.add_argument("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    add_basemap_options(parser)
     parser.add_argument("--http-rate", type=float, default=20.0, metavar="PER_S",
                         help="requests per second allowed per user or client address (default 20; burst 6x)")
+
+
+def add_basemap_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--basemap", metavar="IMAGE",
+                        help="north-up image of the field (PNG/JPEG/WebP, e.g. a drone orthophoto) drawn under "
+                             "GPS maps; needs --basemap-bounds")
+    parser.add_argument("--basemap-bounds", metavar="W,S,E,N",
+                        help="the image's west, south, east and north edges in WGS 84 degrees")
+
+
+def basemap_from(args: argparse.Namespace):
+    """The ``BasemapFile`` the options name, or None; ValueError when they do not fit."""
+    from .app import BasemapFile
+
+    image, bounds = getattr(args, "basemap", None), getattr(args, "basemap_bounds", None)
+    if image is None and bounds is None:
+        return None
+    if image is None or bounds is None:
+        raise ValueError("--basemap and --basemap-bounds go together")
+    return BasemapFile.parse(image, bounds)
 
 
 def start_dashboard(station, args: argparse.Namespace):
@@ -37,12 +58,16 @@ def start_dashboard(station, args: argparse.Namespace):
     if not getattr(args, "http", None):
         return None
     from .app import create_app
-    from .server import WebServer, parse_address
+    from .server import WebServer, WebServerError, parse_address
 
     host, port = parse_address(args.http)
     tls = getattr(args, "tls_cert", None) is not None or getattr(args, "tls_key", None) is not None
+    try:
+        chosen = basemap_from(args)
+    except ValueError as e:
+        raise WebServerError(str(e)) from e
     app = create_app(station.db, args.users, rate_per_s=args.http_rate, burst=max(1, int(6 * args.http_rate)),
-                     secure_cookies=tls)
+                     secure_cookies=tls, basemap=chosen)
     web = WebServer(app, host, port, tls_cert=getattr(args, "tls_cert", None),
                     tls_key=getattr(args, "tls_key", None)).start()
     print(f"dashboard at {web.url}", flush=True)

@@ -8,6 +8,7 @@ so tests (and people with a DOM inspector) read the values, not the colours.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from html import escape
 
 from .aggregates import CELL_M, ROW_CELL_M, CellStat, RowCellStat, RowStat, SurveySummary, TimeBucket, TrackPoint
@@ -38,7 +39,16 @@ def _fmt(x: float | None) -> str:
     return "" if x is None else f"{x:.4f}"
 
 
-def survey_map(summary: SurveySummary, points: Sequence[Mapping] = ()) -> str:
+@dataclass(frozen=True)
+class Basemap:
+    """A north-up image of the field (drone orthophoto, exported map) under the GPS map:
+    ``href`` (a URL or a data: URL) and its ``bounds`` (west, south, east, north) in degrees."""
+
+    href: str
+    bounds: tuple[float, float, float, float]
+
+
+def survey_map(summary: SurveySummary, points: Sequence[Mapping] = (), basemap: Basemap | None = None) -> str:
     """The survey's field map: crop rows when plants have row numbers, else GPS cells.
 
     ``points`` (plants as :func:`station.web.queries.plants_in_view` returns them) are
@@ -50,12 +60,14 @@ def survey_map(summary: SurveySummary, points: Sequence[Mapping] = ()) -> str:
             f"None of the {plants} plants has a row number or a GPS position, so there is nothing to draw.")
         return field_map(summary.rows, summary.tracks, empty_text=empty, row_cells=summary.row_cells,
                          cell_m=summary.row_cell_m, points=points)
-    return cell_map(summary.cells, summary.tracks)
+    return cell_map(summary.cells, summary.tracks, basemap=basemap)
 
 
 def cell_map(cells: Sequence[CellStat], tracks: Mapping[str, Sequence[TrackPoint]] | None = None, *,
-             width: int = 760, max_height: int = 560) -> str:
-    """GPS grid squares coloured by incidence (north up, equal scale both ways), with the tracks."""
+             width: int = 760, max_height: int = 560, basemap: Basemap | None = None) -> str:
+    """GPS grid squares coloured by incidence (north up, equal scale both ways), with the
+    tracks, over an optional georeferenced image (``basemap``). ``map.js`` loads the plants
+    of a zoomed-in view by latitude and longitude (``data-*`` attributes of the ``svg``)."""
     pad = 24
     cos_lat = cells[0].lat_size / cells[0].lon_size  # cells are square on the ground
     lat0, lat1 = min(c.lat for c in cells), max(c.lat + c.lat_size for c in cells)
@@ -68,7 +80,15 @@ def cell_map(cells: Sequence[CellStat], tracks: Mapping[str, Sequence[TrackPoint
         return pad + (lon - lon0) * cos_lat * scale, pad + (lat1 - lat) * scale
 
     out = [f'<svg class="field-map cells" xmlns="http://www.w3.org/2000/svg" width="100%" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="field map, GPS cells coloured by incidence">']
+           f'viewBox="0 0 {width} {height}" role="img" data-geo="gps" data-pad="{pad}" data-lat1="{lat1:.9f}" '
+           f'data-lon0="{lon0:.9f}" data-coslat="{cos_lat:.9f}" data-scale="{scale:.6f}" '
+           f'aria-label="field map, GPS cells coloured by incidence">']
+    if basemap is not None:
+        west, south, east, north = basemap.bounds
+        (x0, y0), (x1, y1) = xy(north, west), xy(south, east)
+        out.append(f'<image class="basemap" href="{escape(basemap.href)}" x="{x0:.1f}" y="{y0:.1f}" '
+                   f'width="{x1 - x0:.1f}" height="{y1 - y0:.1f}" preserveAspectRatio="none"/>')
+    opacity = ' fill-opacity="0.7"' if basemap is not None else ""
     for c in cells:
         x, y = xy(c.lat + c.lat_size, c.lon)
         title = (f"cell {c.key} ({c.lat:.6f}, {c.lon:.6f}): incidence {_pct(c.incidence)} "
@@ -77,15 +97,17 @@ def cell_map(cells: Sequence[CellStat], tracks: Mapping[str, Sequence[TrackPoint
         out.append(f'<rect class="cell" data-cell="{c.key}" data-incidence="{_fmt(c.incidence)}" '
                    f'data-plants="{c.plants}" data-diseased="{c.diseased}" data-uncertain="{c.uncertain}" '
                    f'x="{x:.1f}" y="{y:.1f}" width="{c.lon_size * cos_lat * scale:.1f}" '
-                   f'height="{c.lat_size * scale:.1f}" fill="{incidence_colour(c.incidence)}" stroke="#fff">'
+                   f'height="{c.lat_size * scale:.1f}" fill="{incidence_colour(c.incidence)}"{opacity} stroke="#fff">'
                    f"<title>{escape(title)}</title></rect>")
     for robot, track in (tracks or {}).items():
         on_map = [xy(p.lat, p.lon) for p in track if p.lat is not None and p.lon is not None]
         if len(on_map) >= 2:
             pts = " ".join(f"{x:.1f},{y:.1f}" for x, y in on_map)
-            out.append(f'<polyline class="track" data-robot="{escape(robot)}" data-points="{len(on_map)}" '
-                       f'points="{pts}" fill="none" stroke="#1f3b73" stroke-width="1.6" stroke-dasharray="5 3">'
-                       f"<title>track of {escape(robot)}</title></polyline>")
+            out.append(f'<g class="tracks"><polyline class="track" data-robot="{escape(robot)}" '
+                       f'data-points="{len(on_map)}" points="{pts}" fill="none" stroke="#1f3b73" stroke-width="1" '
+                       f'stroke-opacity="0.45" vector-effect="non-scaling-stroke">'
+                       f"<title>track of {escape(robot)}</title></polyline></g>")
+    out.append('<g class="plants"></g>')
     out.append(f'<text x="{pad}" y="{height - 6}" class="axis">grid {CELL_M:.0f} m, north up</text></svg>')
     return "".join(out)
 

@@ -24,6 +24,11 @@
       m0: num(svg, "m0"), m1: num(svg, "m1"), left: num(svg, "left"), span: num(svg, "span"),
       top: num(svg, "top"), lane: num(svg, "lane")
     } : null;
+    // A map of GPS cells (no row numbers): x, y from longitude and latitude.
+    this.gps = svg.getAttribute("data-geo") === "gps" ? {
+      pad: num(svg, "pad"), lat1: num(svg, "lat1"), lon0: num(svg, "lon0"), coslat: num(svg, "coslat"),
+      scale: num(svg, "scale")
+    } : null;
     this.plantsLayer = svg.querySelector("g.plants");
     this.panel = card.querySelector(".map-panel");
     var data = document.getElementById("map-data");
@@ -97,6 +102,14 @@
     this.clamp(); this.apply();
   };
 
+  FieldMap.prototype.focusGps = function (lat, lon) {
+    if (!this.gps) return;
+    var at = this.gpsXY(lat, lon), z = Math.max(4, this.base.w / this.gps.scale * 111320 / 30);  // ~30 m wide
+    this.view.w = this.base.w / z; this.view.h = this.base.h / z;
+    this.view.x = at.x - this.view.w / 2; this.view.y = at.y - this.view.h / 2;
+    this.clamp(); this.apply();
+  };
+
   FieldMap.prototype.bind = function () {
     var self = this, svg = this.svg, pointers = {}, start = null, moved = false;
     svg.addEventListener("wheel", function (e) {
@@ -160,21 +173,36 @@
     }
   };
 
+  FieldMap.prototype.gpsXY = function (lat, lon) {
+    var g = this.gps;
+    return { x: g.pad + (lon - g.lon0) * g.coslat * g.scale, y: g.pad + (g.lat1 - lat) * g.scale };
+  };
+
+  // What the view shows: rows and metres (row map) or a latitude/longitude box (GPS map),
+  // with the width in metres that decides whether plants are drawn.
   FieldMap.prototype.visible = function () {
-    var g = this.geo, v = this.view, lane = g.lane, rows = [];
+    var v = this.view;
+    if (this.gps) {
+      var g = this.gps;
+      var box = { lat_min: g.lat1 - (v.y + v.h - g.pad) / g.scale, lat_max: g.lat1 - (v.y - g.pad) / g.scale,
+        lon_min: g.lon0 + (v.x - g.pad) / (g.coslat * g.scale), lon_max: g.lon0 + (v.x + v.w - g.pad) / (g.coslat * g.scale) };
+      return { gps: box, metres: v.w / g.scale * 111320 };
+    }
+    var geo = this.geo, lane = geo.lane, rows = [];
     for (var i = 0; i < this.rows.length; i++) {
-      var y = g.top + lane * i + lane / 2;
+      var y = geo.top + lane * i + lane / 2;
       if (y >= v.y - lane && y <= v.y + v.h + lane) rows.push(this.rows[i]);
     }
-    return { rows: rows, m0: this.metreOf(v.x), m1: this.metreOf(v.x + v.w) };
+    var m0 = this.metreOf(v.x), m1 = this.metreOf(v.x + v.w);
+    return { rows: rows, m0: m0, m1: m1, metres: rows.length ? m1 - m0 : Infinity };
   };
 
   FieldMap.prototype.scheduleLoad = function () {
     var self = this;
-    if (!this.plantsUrl || !this.geo) return;
+    if (!this.plantsUrl || !(this.geo || this.gps)) return;
     clearTimeout(this.loadTimer);
     var vis = this.visible();
-    if (!vis.rows.length || vis.m1 - vis.m0 > POINTS_BELOW_M) {
+    if (vis.metres > POINTS_BELOW_M) {
       this.svg.setAttribute("data-points", "off");
       return;
     }
@@ -182,13 +210,17 @@
   };
 
   FieldMap.prototype.loadPoints = function () {
-    var self = this, vis = this.visible();
-    if (!vis.rows.length || vis.m1 - vis.m0 > POINTS_BELOW_M) {
+    var self = this, vis = this.visible(), q;
+    if (vis.metres > POINTS_BELOW_M) {
       this.svg.setAttribute("data-points", "off");
       return;
     }
-    var q = "row_min=" + Math.min.apply(null, vis.rows) + "&row_max=" + Math.max.apply(null, vis.rows) +
-      "&metre_min=" + (vis.m0 - 1).toFixed(2) + "&metre_max=" + (vis.m1 + 1).toFixed(2);
+    if (vis.gps) {
+      q = ["lat_min", "lat_max", "lon_min", "lon_max"].map(function (k) { return k + "=" + vis.gps[k].toFixed(8); }).join("&");
+    } else {
+      q = "row_min=" + Math.min.apply(null, vis.rows) + "&row_max=" + Math.max.apply(null, vis.rows) +
+        "&metre_min=" + (vis.m0 - 1).toFixed(2) + "&metre_max=" + (vis.m1 + 1).toFixed(2);
+    }
     if (q === this.loaded || q === this.pending) return;
     this.pending = q;
     this.svg.setAttribute("data-points", "loading");
@@ -208,17 +240,24 @@
     var layer = this.plantsLayer, self = this;
     while (layer.firstChild) layer.removeChild(layer.firstChild);
     plants.forEach(function (p) {
-      var y = self.yOf(p.row); if (y === null || p.metre === null) return;
+      var at;
+      if (self.gps) {
+        if (p.lat === null || p.lon === null) return;
+        at = self.gpsXY(p.lat, p.lon);
+      } else {
+        var y = self.yOf(p.row); if (y === null || p.metre === null) return;
+        at = { x: self.xOf(p.metre), y: y };
+      }
       var outcome = p.uncertain ? "uncertain" : (p.diseased ? "diseased" : "healthy");
       var c = document.createElementNS(SVGNS, "circle");
       c.setAttribute("class", "plant " + outcome);
-      c.setAttribute("cx", self.xOf(p.metre)); c.setAttribute("cy", y);
+      c.setAttribute("cx", at.x); c.setAttribute("cy", at.y);
       c.setAttribute("data-record", p.record_id);
       c.setAttribute("data-thumbnail", p.thumbnail ? "1" : "0");
       c.plant = p;
       var t = document.createElementNS(SVGNS, "title");
       t.textContent = "plant " + p.plant_id + ": " + p.label + " (" + outcome + ", confidence " +
-        p.confidence.toFixed(2) + "), row " + p.row + ", " + p.metre.toFixed(1) + " m";
+        p.confidence.toFixed(2) + "), " + place(p);
       c.appendChild(t);
       layer.appendChild(c);
     });
@@ -252,7 +291,7 @@
       }
       var lines = [p.label + " (" + (p.uncertain ? "uncertain" : p.diseased ? "diseased" : "healthy") + ")",
         "confidence " + p.confidence.toFixed(2), "plant " + p.plant_id + ", robot " + p.robot_id,
-        "row " + p.row + ", " + p.metre.toFixed(1) + " m",
+        place(p),
         new Date(p.t * 1000).toISOString().replace("T", " ").slice(0, 19) + " UTC"];
       if (!p.thumbnail_url) lines.push("no thumbnail (healthy plants and serial links send none)");
       lines.forEach(function (line) { var d = document.createElement("div"); d.textContent = line; text.appendChild(d); });
@@ -263,6 +302,11 @@
     panel.hidden = false;
     panel.setAttribute("data-record", el.getAttribute("data-record") || "");
   };
+
+  function place(p) {
+    if (p.row !== null && p.metre !== null) return "row " + p.row + ", " + p.metre.toFixed(1) + " m";
+    return p.lat !== null ? p.lat.toFixed(6) + ", " + p.lon.toFixed(6) : "no position";
+  }
 
   function pct(x) { return x === "" || x === null ? "n/a" : (100 * parseFloat(x)).toFixed(1) + "%"; }
 
@@ -315,9 +359,11 @@
       var map = new FieldMap(svg, card);
       card.fieldMap = map;
       var params = new URLSearchParams(window.location.search);
+      map.focusRecord = params.get("focus");
       if (params.has("focus_row") && params.has("focus_metre")) {
-        map.focusRecord = params.get("focus");
         map.focusOn(parseInt(params.get("focus_row"), 10), parseFloat(params.get("focus_metre")));
+      } else if (params.has("focus_lat") && params.has("focus_lon")) {
+        map.focusGps(parseFloat(params.get("focus_lat")), parseFloat(params.get("focus_lon")));
       }
     });
     Array.prototype.forEach.call(document.querySelectorAll("table.robots[data-refresh]"), function (table) {
