@@ -58,6 +58,9 @@ class _Readers:
             self._all.clear()
 
 
+RENDERINGS_KEPT = 96  # field maps, time charts and summary JSON of the surveys looked at last
+
+
 @dataclass
 class StationState:
     """What every request handler shares (``request.app.state.station``)."""
@@ -92,7 +95,10 @@ class StationState:
             return hit[1]
         value = make(summary)
         with self.rendered_lock:
+            self.rendered.pop(key, None)
             self.rendered[key] = (summary, value)
+            while len(self.rendered) > RENDERINGS_KEPT:  # the least recently made go first
+                del self.rendered[next(iter(self.rendered))]
         return value
 
 
