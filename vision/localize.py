@@ -174,6 +174,7 @@ class LeafLocalizer:
         cfg = self.config
         self._open = _ellipse(cfg.open_px) if cfg.open_px > 1 else None
         self._close = _ellipse(cfg.close_px)
+        self._regrow = _ellipse(3)
         self.last: Segmentation | None = None  # the latest frame's segmentation (background colour, mask)
 
     def __call__(self, frame: np.ndarray) -> list[Detection]:
@@ -208,8 +209,8 @@ class LeafLocalizer:
         mask = veg
         if self._open is not None:
             mask = cv2.morphologyEx(veg, cv2.MORPH_OPEN, self._open)
-            # give back the leaf tips the opening rounded off (one kernel's reach), not the weeds beyond them
-            mask = cv2.bitwise_and(cv2.dilate(mask, self._open), veg)
+            # give back the leaf edges the opening rounded off (a 3 px reach), not the weed blades beyond them
+            mask = cv2.bitwise_and(cv2.dilate(mask, self._regrow), veg)
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._close)
         leaves = []
         # External contours only: drawing them filled is what keeps lesions inside the leaf.
