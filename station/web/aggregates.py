@@ -243,6 +243,7 @@ class SurveyAggregates:
         self._surveys: dict[str, _Survey] = {}
         self._last = {"plants": 0, "thumbnails": 0, "heartbeats": 0}
         self._read_plants = True  # False once ``folding`` has been given the plants
+        self._all_totals: tuple[tuple, dict[str, Totals]] | None = None
 
     def _survey(self, survey_id: str) -> _Survey:
         s = self._surveys.get(survey_id)
@@ -326,8 +327,12 @@ class SurveyAggregates:
         """Totals of every survey with plants or heartbeats, newest first."""
         self.refresh(conn)
         with self._lock:
-            totals = {sid: _totals(s) for sid, s in self._surveys.items()}
-        return dict(sorted(totals.items(), key=lambda kv: -(kv[1].t_last or 0)))
+            # The list changes only when records arrive: 20,000 surveys are not re-sorted per page view.
+            stamp = (len(self._surveys), sum(s.version for s in self._surveys.values()))
+            if self._all_totals is None or self._all_totals[0] != stamp:
+                totals = {sid: _totals(s) for sid, s in self._surveys.items()}
+                self._all_totals = stamp, dict(sorted(totals.items(), key=lambda kv: -(kv[1].t_last or 0)))
+            return self._all_totals[1]
 
     def summary(self, conn: sqlite3.Connection, survey_id: str, row_summaries: list = ()) -> SurveySummary:
         """The survey's statistics including everything stored so far (empty if none yet),
