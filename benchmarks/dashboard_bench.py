@@ -130,6 +130,21 @@ def _while_guessing(web, path: str, headers: dict, repeats: int, guessers: int =
     return _stats(ms), sum(code == 401 for code in answers)
 
 
+def _many_surveys(workdir: Path, headers: dict, surveys: int, repeats: int) -> dict:
+    """The survey list when the station holds ``surveys`` surveys (one plant each)."""
+    path = workdir / "many.db"
+    with open_db(path) as db:
+        db.insert_records([(f"robot-1:{'0' * 32}:{i + 1}",
+                            PlantRecord("robot-1", f"survey-{i:05d}", i, 1_780_000_000.0 + i, "Tomato___healthy", 4,
+                                        0.9, 3, row=0, metre=1.0), None) for i in range(surveys)])
+        with WebServer(create_app(db, workdir / "users.json", rate_per_s=1000, burst=1000), "127.0.0.1", 0) as web:
+            conn = http.client.HTTPConnection(web.host, web.port, timeout=60)
+            _, _, size = _get(conn, "/", headers)
+            ms = [_get(conn, "/", headers)[0] for _ in range(repeats)]
+            conn.close()
+    return {**_stats(ms), "surveys": surveys, "page_kb": round(size / 1024, 1)}
+
+
 def run(plants: int, repeats: int, workdir: Path) -> dict:
     rows = 50
     per_row = plants // rows
@@ -171,6 +186,7 @@ def run(plants: int, repeats: int, workdir: Path) -> dict:
             conn.close()
             crowd = _concurrent(web, "/surveys/big-survey", headers, viewers=50, requests_each=max(2, repeats // 5))
             guessed, wrong_checked = _while_guessing(web, "/surveys/big-survey", headers, repeats)
+    result["survey_list"] = _many_surveys(workdir, headers, 20_000, repeats)
     result.update({
         "field_page_cold": _stats(cold), "field_page_warm": _stats(warm), "gallery_page": _stats(gallery),
         "summary_json": _stats(summary), "map_points_json": _stats(points),
@@ -219,6 +235,8 @@ def markdown(r: dict, command: str) -> str:
         line("field page, 50 concurrent viewers (own connection each)", r["concurrent_50"]),
         line(f"field page while 8 threads guess another account's password ({r['wrong_passwords_checked']} "
              "guesses answered 401, the rest 429)", r["while_guessing"]),
+        line(f"survey list with {r['survey_list']['surveys']:,} surveys (50 a page, "
+             f"{r['survey_list']['page_kb']} KB)", r["survey_list"]),
         "",
         f"Dashboard start-up, which reads every stored record once to build the running aggregates: "
         f"{r['startup_ms']} ms.",
