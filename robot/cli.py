@@ -12,6 +12,7 @@ from typing import Any
 
 __all__ = ["register", "build_sinks"]
 
+EXIT_RECORDING_DAMAGED = 3  # `run`: the report was written, but frames of the recording were lost (docs/robot.md)
 _UNSET = object()  # a `run` flag not given on the command line: --config's value, else the flag's default
 _RUN_DEFAULTS: dict[str, Any] = {}
 
@@ -301,7 +302,20 @@ def _run(args: argparse.Namespace) -> int:
         for r in score["rows"]:
             print(f"  row {r['row']}: incidence {r['incidence']:.3f} vs true {r['incidence_truth']:.3f} "
                   f"({r['error_points']:+.1f} points), {r['plants']}/{r['plants_truth']} plants")
-    return 0
+    return _damage_status(report)
+
+
+def _damage_status(report: dict[str, Any]) -> int:
+    """``EXIT_RECORDING_DAMAGED`` when frames of a replayed recording were lost, missing or undecodable:
+    the counts above then cover only part of the field, and a script must not take them as the survey."""
+    cam = report.get("camera", {})
+    lost, truncated, corrupt = cam.get("lost", 0), cam.get("truncated", 0), cam.get("corrupt", 0)
+    if report.get("mode") != "replay" or not (lost or truncated or corrupt):
+        return 0
+    print(f"leafscout run: warning: the recording is damaged: {lost} frames lost mid-file, {truncated} missing at "
+          f"the end (truncated), {corrupt} undecodable; the survey is incomplete (exit {EXIT_RECORDING_DAMAGED})",
+          file=sys.stderr)
+    return EXIT_RECORDING_DAMAGED
 
 
 def _resolve_run_flags(args: argparse.Namespace) -> Any:

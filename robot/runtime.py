@@ -115,7 +115,7 @@ class Runtime:
         self.timer.start_frame()
         while not stop.is_set() and (max_frames is None or self.frames < max_frames):
             try:
-                frame = self.capture.read(timeout=self.config.frame_timeout_s)
+                frame = self._next_frame(stop)
             except TimeoutError:
                 self._heartbeat(time.time(), status="no-camera")
                 self.timer.start_frame()
@@ -129,6 +129,18 @@ class Runtime:
             self._count(ended, self._last_where)
         self._summaries(force=True)
         return self.report()
+
+    def _next_frame(self, stop: threading.Event) -> Frame | None:
+        """The next frame, waited for in 0.1 s slices so a stop (Ctrl-C) ends the run at once;
+        None at the end of the stream or on stop, ``TimeoutError`` after ``frame_timeout_s``."""
+        deadline = time.monotonic() + self.config.frame_timeout_s
+        while not stop.is_set():
+            try:
+                return self.capture.read(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+        return None
 
     def _step(self, frame: Frame) -> None:
         image = frame.image

@@ -229,3 +229,29 @@ def test_live_capture_hands_over_the_newest_frame_and_counts_drops(fake: FakeCam
         newest = cap.read(timeout=5)
     assert newest.index >= first.index + 5
     assert cap.stats.dropped >= 3
+
+
+def test_live_camera_not_up_at_start_is_waited_for(fake: FakeCamera) -> None:
+    fake.vanished = True  # a stream camera still booting: opening it fails
+    with Capture(fake.factory, backoff_s=(0.02, 0.2)) as cap:  # no error: waited for with backoff
+        for _ in range(3):  # the first open and two retries
+            assert fake.open_attempts.acquire(timeout=5)
+        with pytest.raises(TimeoutError):
+            cap.read(timeout=0.05)
+        fake.vanished = False
+        assert cap.read(timeout=10).meta["instance"] == 1
+    assert cap.stats.reopens == 1 and cap.fps == 1.0 / fake.period
+
+
+def test_unreadable_recording_still_fails_at_start_with_replay(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.avi"
+    bad.write_bytes(b"RIFF0000AVI garbage" * 10)
+    with pytest.raises(CameraError, match="could not open"):
+        open_capture(str(bad), live=True).start()  # a file is not a camera that may come up later
+
+
+def test_close_joins_every_capture_thread(fake: FakeCamera) -> None:
+    with Capture(fake.factory) as cap:
+        cap.read(timeout=5)
+        threads = list(cap._threads)
+    assert threads and not any(t.is_alive() for t in threads)

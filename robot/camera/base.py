@@ -85,6 +85,11 @@ class FrameSource(ABC):
     def __init__(self, name: str) -> None:
         self.name = name
         self._index = 0
+        # A recording's damage, known to the source only: frames it should hold that never decoded
+        # (mid-file) and frames missing at its end (truncated), against its header's frame count.
+        self.expected_frames: int | None = None
+        self.lost_frames = 0
+        self.missing_tail = 0
 
     @abstractmethod
     def open(self) -> None: ...

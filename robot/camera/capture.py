@@ -40,6 +40,13 @@ class CameraStats:
     freezes: int = 0  # watchdog: only identical or broken frames for ``watchdog_s``
     disconnects: int = 0  # the source raised while reading
     reopens: int = 0  # successful reopens after any of the above
+    lost: int = 0  # recording: frames mid-file that never decoded (a gap in the frame timestamps)
+    truncated: int = 0  # recording: frames its header announces that are missing at the end
+
+    @property
+    def damaged(self) -> int:
+        """Frames of a recording that were not processed: lost, missing at the end, or undecodable."""
+        return self.lost + self.truncated + self.corrupt
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -96,9 +103,21 @@ class Capture:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> "Capture":
-        """Open the source now, so a missing device fails here with a clear error."""
-        source = self._factory()
-        source.open()
+        """Open the source now, so a missing device or a broken file fails here with a clear error.
+
+        A live source that is there but not up yet (a stream camera still booting, a FIFO's
+        writer not started) is waited for with backoff instead: ``read`` times out meanwhile.
+        """
+        source: FrameSource | None = self._factory()
+        try:
+            source.open()
+        except CameraError as e:
+            if not (source.live and self._live_arg is not False):
+                raise
+            log.warning("camera %s is not up yet (%s); waiting for it with backoff", source.name, e)
+            self.name, self.live = source.name, True
+            self._last_new = self._last_arrival = time.monotonic()
+            return self._start_thread(self._supervise, None)
         self.name, self.fps = source.name, source.fps
         self.live = source.live if self._live_arg is None else bool(self._live_arg)
         self._pace = self.live and not source.live
@@ -106,17 +125,25 @@ class Capture:
         if not self.live and not self._threaded:
             self._sync_source = source  # read() decodes in the caller's thread: exact per-stage timing
             return self
-        target = self._supervise if self.live else self._replay
+        return self._start_thread(self._supervise if self.live else self._replay, source)
+
+    def _start_thread(self, target: Callable[[FrameSource | None], None], source: FrameSource | None) -> "Capture":
         thread = threading.Thread(target=target, args=(source,), name=f"capture-{self.name}", daemon=True)
         self._threads.append(thread)
         thread.start()
         return self
 
     def close(self) -> None:
+        """Stop and join every capture thread (readers too: a source closed while the interpreter
+        shuts down can abort the process); one stuck in a driver call is named in a warning."""
         self._stop.set()
         self._gen += 1
+        deadline = time.monotonic() + 2.0
         for t in self._threads:
-            t.join(timeout=2.0)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        if stuck:
+            log.warning("camera threads still blocked in the driver after 2 s: %s", ", ".join(stuck))
         self._finish()
         if self._sync_source is not None:
             self._sync_source.close()
@@ -162,7 +189,17 @@ class Capture:
             if self._usable(frame):
                 self.stats.delivered += 1
                 return frame
+        if source is not None:
+            self._collect(source)
         return None
+
+    def _collect(self, source: FrameSource) -> None:
+        """Add what a recording's source knows about its damage to the stats (once per source)."""
+        if getattr(source, "_collected", False):
+            return
+        source._collected = True  # type: ignore[attr-defined]
+        self.stats.lost += getattr(source, "lost_frames", 0)
+        self.stats.truncated += getattr(source, "missing_tail", 0)
 
     # -- capture threads -------------------------------------------------------------
     def _finish(self) -> None:
@@ -243,6 +280,7 @@ class Capture:
                     return
                 self._accept(frame)
         finally:
+            self._collect(source)
             try:
                 source.close()
             except Exception:  # noqa: BLE001 - closing a broken device may fail; nothing left to do
@@ -258,11 +296,14 @@ class Capture:
             pass
         self._finish()
 
-    def _supervise(self, source: FrameSource) -> None:
+    def _supervise(self, source: FrameSource | None) -> None:
+        if source is None:  # not up at start
+            source = self._reopen("start")
         while source is not None:
             reader = threading.Thread(
                 target=self._read_loop, args=(self._gen, source), name=f"reader-{self.name}", daemon=True
             )
+            self._threads = [t for t in self._threads if t.is_alive()] + [reader]
             reader.start()
             reason = self._watch()
             if reason in ("stop", "end"):
@@ -307,6 +348,8 @@ class Capture:
                             self._delay)
                 continue
             self.stats.reopens += 1
+            if self.fps is None:
+                self.fps = source.fps
             self._since_open = 0
             self._last_new = self._last_arrival = time.monotonic()
             self._last_hash = None

@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SOURCE_FORMS = (
-    "a video file, a folder of images, /dev/videoN or a device index, "
+    "a video file, a folder of images, a named pipe (FIFO), /dev/videoN or a device index, "
     "rtsp://|http://|udp:// stream URL, a GStreamer pipeline containing '!', or sim[:key=value,...]"
 )
+MAX_DECODE_FAILURES = 64  # consecutive unreadable frames before a recording is taken as ended
 _STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://", "udp://", "tcp://", "rtmp://")
 
 
@@ -49,19 +50,42 @@ class OpenCVSource(FrameSource):
         self._cap = cap
         fps = cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and 0 < fps < 1000 else 30.0
+        count = cap.get(cv2.CAP_PROP_FRAME_COUNT) if not self.live else 0
+        self.expected_frames = int(count) if count and 0 < count < 1e9 else None
         log.info("opened %s (%.1f fps)", self.name, self.fps)
 
     def read(self) -> Frame | None:
         if self._cap is None:
             raise CameraError(f"{self.name!r} is not open")
         ok, image = self._cap.read()
-        if not ok:
-            if self.live:
-                raise SourceGoneError(f"camera {self.name!r} stopped delivering frames")
-            return None  # end of the recording
-        index = self._next_index()
+        if not ok and self.live:
+            raise SourceGoneError(f"camera {self.name!r} stopped delivering frames")
+        failures = 0
+        while not ok:  # a recording: a damaged frame mid-file, or the end (real or truncated)
+            failures += 1
+            if self.expected_frames is None or self._index >= self.expected_frames or failures > MAX_DECODE_FAILURES:
+                self._end_of_recording()
+                return None
+            ok, image = self._cap.read()  # the demuxer resyncs on the next chunk
+        index = self._index if self.live else self._stream_index()
+        self.lost_frames += index - self._index  # frames the recording holds but that never decoded
+        self._index = index + 1
         t = time.time() if self.live else index / self.fps
         return Frame(image, index, t)
+
+    def _stream_index(self) -> int:
+        """The frame's place in the recording from its timestamp, so a lost frame leaves a gap (the
+        tracker and the GPS log see the true time) instead of shifting every later frame."""
+        msec = self._cap.get(cv2.CAP_PROP_POS_MSEC)
+        if not msec or msec < 0:
+            return self._index
+        return max(self._index, int(round(msec * self.fps / 1000.0)))
+
+    def _end_of_recording(self) -> None:
+        if self.expected_frames is not None and self._index < self.expected_frames:
+            self.missing_tail = self.expected_frames - self._index
+            log.warning("%s ends after frame %d of the %d its header announces: truncated or damaged",
+                        self.name, self._index, self.expected_frames)
 
     def close(self) -> None:
         if self._cap is not None:
@@ -100,7 +124,7 @@ class FolderSource(FrameSource):
 
 
 def source_kind(spec: str | int) -> str:
-    """'sim', 'device', 'stream', 'gstreamer', 'folder' or 'file'; raises when none fits."""
+    """'sim', 'device', 'stream', 'gstreamer', 'folder', 'file' or 'fifo'; raises when none fits."""
     if isinstance(spec, int):
         return "device"
     s = str(spec).strip()
@@ -117,6 +141,8 @@ def source_kind(spec: str | int) -> str:
         return "folder"
     if p.is_file():
         return "file"
+    if p.is_fifo():  # a camera pipeline writing into a named pipe (e.g. libcamera-vid -o FIFO)
+        return "fifo"
     raise CameraNotFoundError(f"camera source {s!r} does not exist; expected {SOURCE_FORMS}")
 
 
@@ -141,6 +167,8 @@ def make_source(spec: str | int, *, folder_fps: float = 10.0) -> FrameSource:
         return _device_source(spec)
     if kind == "stream":
         return OpenCVSource(s, live=True, api=cv2.CAP_FFMPEG)
+    if kind == "fifo":  # read like a recording (every frame; the pipe paces its writer), opened once a writer is
+        return OpenCVSource(s, live=False, api=cv2.CAP_FFMPEG)
     if kind == "gstreamer":
         if not re.search(r"GStreamer:\s*YES", cv2.getBuildInformation()):
             raise CameraError(
