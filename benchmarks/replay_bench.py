@@ -360,10 +360,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="MJPG quality of the recording, 1-100 (default: the simulator's)")
     p.add_argument("--crop-fill", type=int, default=None, help="as `leafscout run --crop-fill` (default: off)")
     p.add_argument("--note", default="", help="a line for the markdown, e.g. how the bundle was made")
-    p.add_argument("--conditions", default="", metavar="all|LIST",
-                   help="also score the simulator's hard cases (robot.conditions), one field each, and bare soil")
-    p.add_argument("--cwfid", type=Path, default=None, metavar="DIR",
-                   help="also measure vegetation IoU on a cwfid folder (images/, masks/)")
+    p.add_argument("--conditions", default="all", metavar="all|none|LIST",
+                   help="also score the simulator's hard cases (robot.conditions), one field each, and bare soil "
+                   "(default all)")
+    shared_cwfid = REPO.parent / "shared" / "data" / "cwfid"
+    p.add_argument("--cwfid", type=Path, default=shared_cwfid if shared_cwfid.is_dir() else None, metavar="DIR",
+                   help="measure vegetation IoU on a cwfid folder (images/, masks/); default: ../shared/data/cwfid "
+                   "when present")
     p.add_argument("--skip-extras", action="store_true",
                    help="skip the live run and the backdrop-gap table (a quicker run)")
     p.add_argument("--out", type=Path, default=REPO / "bench_out" / "robot", help="work and result folder")
@@ -425,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                    args.out),
         "report": report,
     }
-    if args.conditions:
+    if args.conditions and args.conditions != "none":
         from robot.conditions import CONDITIONS
 
         names = ["plain", *CONDITIONS] if args.conditions == "all" else args.conditions.split(",")

@@ -97,7 +97,7 @@ def test_bad_frames_and_settings_are_rejected_clearly() -> None:
 def test_gray_world_undoes_a_warm_cast_but_not_a_different_ground() -> None:
     from vision.white_balance import SOIL_BGR, WhiteBalance, WhiteBalanceError, apply_gains, balance_gains
 
-    wb = WhiteBalance("gray-world", reference=SOIL_BGR)
+    wb = WhiteBalance("gray-world", reference=SOIL_BGR, deadband=0.0)
     soil = np.array(SOIL_BGR)
     warm = soil * np.array([0.7, 1.0, 1.25])  # the same soil under a warm cast
     gains = balance_gains(np.zeros((4, 4, 3), np.uint8), wb, warm)
@@ -113,5 +113,8 @@ def test_gray_world_undoes_a_warm_cast_but_not_a_different_ground() -> None:
     leaf = np.full((2, 2, 3), (60, 140, 50), np.uint8)
     assert (apply_gains(leaf, np.array([1.0, 1.0, 1.0], np.float32)) == leaf).all()
     assert apply_gains(leaf, np.array([2.0, 1.0, 0.5], np.float32))[0, 0].tolist() == [120, 140, 25]
+    near = np.array(SOIL_BGR) * np.array([1.04, 1.0, 0.96])  # a soil a shade bluer: inside the deadband
+    assert np.allclose(balance_gains(np.zeros((4, 4, 3), np.uint8), WhiteBalance("gray-world", reference=SOIL_BGR),
+                                     near), 1.0)
     with pytest.raises(WhiteBalanceError, match="mode 'auto' is not one of off, gray-world"):
         WhiteBalance("auto")

@@ -48,6 +48,7 @@ class WhiteBalance:
     max_gain: float = 2.0  # no channel is scaled by more than this (or less than its inverse)
     white_percentile: float = 99.0  # white-patch: this percentile of each channel is taken as white
     axis: str = "daylight"  # daylight: correct only along blue-red (how daylight varies); full: every channel
+    deadband: float = 0.1  # daylight: blue/red deviations (natural log) up to this are taken as the ground's own colour
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -60,6 +61,8 @@ class WhiteBalance:
             raise WhiteBalanceError(f"white balance max_gain must be >= 1, got {self.max_gain}")
         if self.axis not in AXES:
             raise WhiteBalanceError(f"white balance axis {self.axis!r} is not one of {', '.join(AXES)}")
+        if self.deadband < 0:
+            raise WhiteBalanceError(f"white balance deadband must be >= 0, got {self.deadband}")
         if not 50 <= self.white_percentile <= 100:
             raise WhiteBalanceError(f"white_percentile must be in [50, 100], got {self.white_percentile}")
 
@@ -68,11 +71,12 @@ class WhiteBalance:
         return self.mode != "off"
 
 
-def _normalised(gains: np.ndarray, max_gain: float, axis: str = "full") -> np.ndarray:
+def _normalised(gains: np.ndarray, max_gain: float, axis: str = "full", deadband: float = 0.0) -> np.ndarray:
     if axis == "daylight":
         # keep only the blue-versus-red part (log B - log R): sun, shade and a camera's white balance move
         # colours along it, while a different ground (straw, gravel) moves them along green too
-        k = (np.log(gains[0]) - np.log(gains[2])) / 2
+        d = np.log(gains[0]) - np.log(gains[2])
+        k = np.sign(d) * max(0.0, abs(d) - deadband) / 2
         gains = np.exp(np.array([k, 0.0, -k]))
     gains = gains * (3.0 / gains.sum())  # brightness unchanged: only chroma moves
     return np.clip(gains, 1.0 / max_gain, max_gain).astype(np.float32)
@@ -95,7 +99,8 @@ def balance_gains(
         return _normalised(255.0 / np.maximum(white, 1.0), config.max_gain, config.axis)
     mean = np.asarray(background_bgr if background_bgr is not None else cv2.mean(image)[:3], np.float64)
     ref = np.asarray(config.reference if config.reference is not None else (1.0, 1.0, 1.0), np.float64)
-    return _normalised(ref / ref.sum() / np.maximum(mean / max(mean.sum(), 1e-6), 1e-3), config.max_gain, config.axis)
+    return _normalised(ref / ref.sum() / np.maximum(mean / max(mean.sum(), 1e-6), 1e-3), config.max_gain, config.axis,
+                       config.deadband)
 
 
 def apply_gains(image: np.ndarray, gains: np.ndarray) -> np.ndarray:
