@@ -16,15 +16,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# System packages: a real MQTT broker, a real headless browser and openssl (TLS tests).
-# Each entry is program:debian-package.
-SYSTEM_PROGRAMS := mosquitto:mosquitto mosquitto_passwd:mosquitto chromium:chromium openssl:openssl
+# System packages: a real MQTT broker, a real headless browser, openssl (TLS tests) and a
+# real PostgreSQL server (the station's --db postgresql://... tests).
+# Each entry is program:debian-package; PostgreSQL's programs live in /usr/lib/postgresql/*/bin.
+SYSTEM_PROGRAMS := mosquitto:mosquitto mosquitto_passwd:mosquitto chromium:chromium openssl:openssl \
+                   initdb:postgresql
 
 sysdeps:
 	@missing=""; \
 	for entry in $(SYSTEM_PROGRAMS); do \
 	  prog=$${entry%%:*}; pkg=$${entry##*:}; \
-	  command -v $$prog >/dev/null 2>&1 || [ -x /usr/sbin/$$prog ] || missing="$$missing $$pkg"; \
+	  command -v $$prog >/dev/null 2>&1 || [ -x /usr/sbin/$$prog ] || \
+	    ls /usr/lib/postgresql/*/bin/$$prog >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

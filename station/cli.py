@@ -63,7 +63,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="serial port URL: /dev/ttyUSB0, socket://host:port, or pty://PATH to create a "
                         "pseudo-terminal whose robot end is linked at PATH")
     p.add_argument("--baud", type=int, default=None, help="serial baud rate (default 115200)")
-    p.add_argument("--db", metavar="PATH", help="station SQLite database (created if missing); required")
+    p.add_argument("--db", metavar="PATH|URL",
+                   help="station database: a SQLite file (created if missing) or a postgresql://USER@HOST/DB URL "
+                        "shared by several receivers (password from PGPASSWORD or ~/.pgpass, never the URL); "
+                        "required")
+    p.add_argument("--read-db", metavar="URL",
+                   help="PostgreSQL database the dashboard reads from (a streaming replica of --db); default --db")
     p.add_argument("--keys", metavar="DIR",
                    help="directory of per-robot HMAC keys (<robot>.key, made by `leafscout keys new ROBOT`): "
                         "a robot's records must be signed with its own key")
@@ -113,11 +118,12 @@ def _apply_config(args: argparse.Namespace) -> str | None:
     if args.config is not None:
         with open(args.config, "rb") as f:
             cfg = tomllib.load(f)
-        unknown = set(cfg) - {"mqtt", "password", "password_file", "serial", "baud", "db", "keys", "hmac_key_file",
-                              "robots", "client_id", "insecure"}
+        unknown = set(cfg) - {"mqtt", "password", "password_file", "serial", "baud", "db", "read_db", "keys",
+                              "hmac_key_file", "robots", "client_id", "insecure"}
         if unknown:
             raise ValueError(f"{args.config}: unknown settings {sorted(unknown)}")
-    for name in ("mqtt", "serial", "baud", "db", "keys", "hmac_key_file", "client_id", "insecure", "password_file"):
+    for name in ("mqtt", "serial", "baud", "db", "read_db", "keys", "hmac_key_file", "client_id", "insecure",
+                 "password_file"):
         if getattr(args, name) is None:
             setattr(args, name, cfg.get(name, _DEFAULTS.get(name)))
     if args.robots is None and cfg.get("robots"):
@@ -131,6 +137,8 @@ def _security(args: argparse.Namespace, password: str | None) -> tuple[str | Non
     from robot.telemetry import read_key, read_password
     from station.keys import KeyRing
     from station.receiver import StationError
+    from station.sql import is_postgres
+    from station.sql import url_has_password as url_has_db_password
 
     if args.password_file is not None or os.environ.get(PASSWORD_ENV):
         password = read_password(args.password_file)
@@ -151,6 +159,10 @@ def _security(args: argparse.Namespace, password: str | None) -> tuple[str | Non
     else:
         keys = None
         problems.append("unsigned records (no --keys DIR: make keys with `leafscout keys new ROBOT`)")
+    for option, value in (("--db", args.db), ("--read-db", args.read_db)):
+        if value and is_postgres(value) and url_has_db_password(value):
+            raise StationError(f"the {option} URL holds a password (readable in /proc by every user): put it in "
+                               "PGPASSWORD or ~/.pgpass (PostgreSQL's password file)")
     if problems and not args.insecure:
         raise StationError("refusing to start an insecure station: " + "; ".join(problems)
                            + ". Fix that, or pass --insecure for a bench setup")
@@ -162,8 +174,10 @@ def _security(args: argparse.Namespace, password: str | None) -> tuple[str | Non
 def run(args: argparse.Namespace) -> int:
     from robot.mqtt_link import MqttLinkError, redact_url
     from robot.telemetry import TelemetryError
+    from station.db import StationDBError
     from station.keys import KeyFileError
     from station.receiver import Station, StationError
+    from station.sql import is_postgres
 
     try:
         password = _apply_config(args)
@@ -176,10 +190,12 @@ def run(args: argparse.Namespace) -> int:
         robots = [r.strip() for r in args.robots.split(",") if r.strip()] if args.robots else None
         if robots is None and keys is not None and keys.keys:
             robots = sorted(keys.robots)
-        station = Station(args.db, mqtt=args.mqtt, serial=args.serial, keys=keys, robots=robots,
+        if args.read_db and not is_postgres(args.read_db):
+            raise StationError(f"--read-db must be a postgresql:// URL, got {args.read_db!r}")
+        station = Station(args.db, read_db=args.read_db, mqtt=args.mqtt, serial=args.serial, keys=keys, robots=robots,
                           baudrate=args.baud, client_id=args.client_id, insecure=bool(args.insecure),
                           mqtt_password=password)
-    except (OSError, StationError, TelemetryError, KeyFileError, MqttLinkError, ValueError,
+    except (OSError, StationError, StationDBError, TelemetryError, KeyFileError, MqttLinkError, ValueError,
             tomllib.TOMLDecodeError) as e:
         log.error("cannot start the station: %s", e)
         return 2
@@ -204,7 +220,7 @@ def serve(station: object, args: argparse.Namespace) -> int:
             station.serial.reader.connected.wait(5)
             if station.serial.peer:
                 print(f"serial pty for the robot: {station.serial.peer}", flush=True)
-        log.info("station running (db %s); Ctrl-C to stop", args.db)
+        log.info("station running (db %s); Ctrl-C to stop", station.db.name)
         print("station ready", flush=True)
         stop.wait()
     finally:

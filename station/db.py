@@ -1,10 +1,15 @@
-"""The base station's SQLite store: what the robots reported, deduplicated, queryable.
+"""The base station's store: what the robots reported, deduplicated, queryable.
 
-One file, WAL mode, ``synchronous=FULL``: a record is only acknowledged to a robot after
-the transaction that stored it has committed, so an acknowledged record survives a
-power cut of the station.  Receivers (MQTT, serial) write; the dashboard reads.  A
+SQLite by default (``open_db("station.db")``): one file, WAL mode, ``synchronous=FULL``.
+PostgreSQL for fleets (``open_db("postgresql://station@db-host/leafscout")``): the same
+schema and queries through :mod:`station.sql`, so several receivers (one per broker or
+serial gateway, in other processes or on other hosts) write one database at once and
+dashboards read from replicas. Either way a record is only acknowledged to a robot after
+the transaction that stored it has committed, so an acknowledged record survives a power
+cut of the station, and the ``received`` table's primary key stores each record id once
+however many receivers got it.  Receivers (MQTT, serial) write; the dashboard reads.  A
 ``StationDB`` is safe to share between threads (one connection behind a lock); other
-processes may open the same file read-only at the same time (WAL).
+processes may read at the same time (WAL; PostgreSQL's MVCC).
 
 Schema (all times are unix seconds as REAL; ``record_id`` is
 ``"<robot_id>:<outbox_id>:<seq>"``, unique per record, stable across retransmissions and
@@ -50,6 +55,7 @@ from typing import Iterable
 
 from robot.outbox import connect_wal
 from robot.records import Heartbeat, PlantRecord, RowSummary
+from station import sql
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ CREATE TABLE IF NOT EXISTS received (
     link TEXT NOT NULL, received_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS plants (
-    record_id TEXT PRIMARY KEY, robot_id TEXT NOT NULL, survey_id TEXT NOT NULL,
+    /*rowid*/ record_id TEXT PRIMARY KEY, robot_id TEXT NOT NULL, survey_id TEXT NOT NULL,
     plant_id INTEGER NOT NULL, t REAL NOT NULL, label TEXT NOT NULL,
     class_index INTEGER NOT NULL, confidence REAL NOT NULL, diseased INTEGER NOT NULL,
     uncertain INTEGER NOT NULL, row INTEGER, metre REAL, lat REAL, lon REAL,
@@ -81,12 +87,12 @@ CREATE TABLE IF NOT EXISTS row_summaries (
     PRIMARY KEY (robot_id, survey_id, row)
 );
 CREATE TABLE IF NOT EXISTS heartbeats (
-    record_id TEXT PRIMARY KEY, robot_id TEXT NOT NULL, survey_id TEXT, t REAL NOT NULL,
+    /*rowid*/ record_id TEXT PRIMARY KEY, robot_id TEXT NOT NULL, survey_id TEXT, t REAL NOT NULL,
     queue_depth INTEGER NOT NULL, frames INTEGER NOT NULL, fps REAL NOT NULL,
     status TEXT NOT NULL, lat REAL, lon REAL, row INTEGER, metre REAL
 );
 CREATE INDEX IF NOT EXISTS heartbeats_survey ON heartbeats(survey_id, t);
-CREATE TABLE IF NOT EXISTS thumbnails (record_id TEXT PRIMARY KEY, jpeg BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS thumbnails (/*rowid*/ record_id TEXT PRIMARY KEY, jpeg BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS rejected (
     reason TEXT PRIMARY KEY, count INTEGER NOT NULL, last_at REAL NOT NULL, last_detail TEXT
 );
@@ -107,8 +113,14 @@ CREATE TABLE IF NOT EXISTS serial_survey_ctx (
 """
 
 
+# Columns in the order of the INSERTs below (PostgreSQL's tables have a rowid column more).
+PLANT_COLUMNS = ("record_id, robot_id, survey_id, plant_id, t, label, class_index, confidence, diseased, "
+                 "uncertain, row, metre, lat, lon, frames")
+HEARTBEAT_COLUMNS = "record_id, robot_id, survey_id, t, queue_depth, frames, fps, status, lat, lon, row, metre"
+
+
 class StationDBError(RuntimeError):
-    """The station database cannot be used (wrong file, corrupt, closed)."""
+    """The station database cannot be used (wrong file, corrupt, closed, unreachable)."""
 
 
 @dataclass(frozen=True)
@@ -171,19 +183,66 @@ class TrackPoint:
 
 
 class StationDB:
-    """Thread-safe access to one station database file. Use ``open_db``."""
+    """Thread-safe access to one station database (a SQLite file or a PostgreSQL URL).
+    Use ``open_db``."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
+    def __init__(self, target: str | Path, *, read_target: str | Path | None = None):
+        self.postgres = sql.is_postgres(target)
+        # ``path``: the SQLite file (None on PostgreSQL); ``name``: for messages (no password).
+        self.path = None if self.postgres else Path(target)
+        self.target, self.name = str(target), sql.redact(target)
+        self.read_target = str(read_target) if read_target is not None else self.target
         self._lock = threading.RLock()
         try:
-            self._conn = connect_wal(self.path, SCHEMA)
-            try:  # databases from before the per-robot drop counter
-                self._conn.execute("ALTER TABLE robots ADD COLUMN dropped INTEGER")
-            except sqlite3.OperationalError:
-                pass
-        except sqlite3.DatabaseError as e:
-            raise StationDBError(f"cannot open station database {str(path)!r}: {e}") from e
+            self._conn = self._open_postgres() if self.postgres else self._open_sqlite()
+        except (sqlite3.DatabaseError, *self._pg_errors()) as e:
+            raise StationDBError(f"cannot open station database {self.name!r}: {e}") from e
+        self._errors = sql.db_errors(self._conn)
+        self._begin = ("BEGIN", f"SELECT pg_advisory_xact_lock({sql.WRITE_LOCK})") if self.postgres \
+            else ("BEGIN IMMEDIATE",)
+
+    def _open_sqlite(self) -> sqlite3.Connection:
+        conn = connect_wal(self.path, SCHEMA)
+        try:  # databases from before the per-robot drop counter
+            conn.execute("ALTER TABLE robots ADD COLUMN dropped INTEGER")
+        except sqlite3.OperationalError:
+            pass
+        return conn
+
+    def _open_postgres(self) -> sql.PgConnection:
+        conn = sql.PgConnection(self.target)
+        try:
+            if not conn.in_recovery():  # a replica is read-only and has the primary's schema
+                # Receivers starting together must not race to create the same tables.
+                conn.execute("BEGIN")
+                conn.execute(f"SELECT pg_advisory_xact_lock({sql.WRITE_LOCK})")
+                conn.executescript(SCHEMA)
+                conn.execute("COMMIT")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @staticmethod
+    def _pg_errors() -> tuple[type[BaseException], ...]:
+        try:
+            import psycopg
+        except ModuleNotFoundError:
+            return ()
+        return (psycopg.Error,)
+
+    def reader(self) -> sql.Connection:
+        """A new read-only connection (pages, exports, reports; ``read_target`` when given,
+        e.g. a PostgreSQL replica). The caller closes it."""
+        return sql.connect_readonly(self.read_target)
+
+    def ensure_indexes(self, statements: Iterable[str]) -> None:
+        """Run ``CREATE INDEX IF NOT EXISTS`` statements (the dashboard's own indexes)."""
+        if self.postgres and self._conn.in_recovery():
+            return
+        with self._tx() as c:
+            for statement in statements:
+                c.execute(statement)
 
     # -- lifecycle -----------------------------------------------------------------
     def close(self) -> None:
@@ -219,17 +278,18 @@ class StationDB:
                 c.execute("SAVEPOINT one_record")
                 try:
                     out.append(_insert_one(c, record_id, record, thumbnail, link, now))
-                except (sqlite3.Error, ValueError, TypeError, OverflowError, KeyError) as e:
-                    # one record's problem (e.g. a value SQLite cannot hold) never sinks its batch
+                except (*self._errors, ValueError, TypeError, OverflowError, KeyError) as e:
+                    # one record's problem (e.g. a value the database cannot hold) never sinks its batch
                     log.debug("record %r not stored: %s", record_id[:120], e)
-                    c.execute("ROLLBACK TO one_record")
+                    c.execute("ROLLBACK TO SAVEPOINT one_record")
                     out.append(None)
-                c.execute("RELEASE one_record")
+                c.execute("RELEASE SAVEPOINT one_record")
         return out
 
     def set_flag(self, name: str, value: bool) -> None:
         with self._tx() as c:
-            c.execute("INSERT OR REPLACE INTO station_flags VALUES (?,?)", (name, int(value)))
+            c.execute("INSERT INTO station_flags VALUES (?,?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                      (name, int(value)))
 
     def flags(self) -> dict[str, bool]:
         """How the station runs, e.g. ``{"insecure": True}`` (the dashboard shows a banner)."""
@@ -244,7 +304,7 @@ class StationDB:
         with self._tx() as c:
             c.execute(
                 "INSERT INTO rejected VALUES (?,?,?,?) ON CONFLICT(reason) DO UPDATE SET "
-                "count=count+excluded.count, last_at=excluded.last_at, last_detail=excluded.last_detail",
+                "count=rejected.count+excluded.count, last_at=excluded.last_at, last_detail=excluded.last_detail",
                 (reason, n, time.time(), detail[:500]),
             )
 
@@ -263,7 +323,7 @@ class StationDB:
     def bind_serial_robot(self, number: int, robot_id: str) -> str:
         """Bind a serial robot number to a name; returns the name already bound if any."""
         with self._tx() as c:
-            c.execute("INSERT OR IGNORE INTO serial_robots VALUES (?,?)", (number, robot_id))
+            c.execute("INSERT INTO serial_robots VALUES (?,?) ON CONFLICT DO NOTHING", (number, robot_id))
             return c.execute("SELECT robot_id FROM serial_robots WHERE number=?", (number,)).fetchone()[0]
 
     def serial_robot(self, number: int) -> str | None:
@@ -296,7 +356,7 @@ class StationDB:
         with self._tx() as c:
             c.execute(
                 "INSERT INTO serial_class_ctx VALUES (?,?,?,?,?) ON CONFLICT(robot_id, boot, class_index) "
-                "DO UPDATE SET name=excluded.name, seq=excluded.seq WHERE excluded.seq > seq",
+                "DO UPDATE SET name=excluded.name, seq=excluded.seq WHERE excluded.seq > serial_class_ctx.seq",
                 (robot_id, boot, index, name, seq),
             )
 
@@ -311,7 +371,7 @@ class StationDB:
             c.execute(
                 "INSERT INTO serial_survey_ctx VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(robot_id, boot, ref) DO UPDATE "
                 "SET survey_id=excluded.survey_id, t0=excluded.t0, lat0=excluded.lat0, "
-                "lon0=excluded.lon0, seq=excluded.seq WHERE excluded.seq > seq",
+                "lon0=excluded.lon0, seq=excluded.seq WHERE excluded.seq > serial_survey_ctx.seq",
                 (robot_id, boot, ref, survey_id, t0, lat0, lon0, seq),
             )
 
@@ -358,21 +418,21 @@ class StationDB:
             """
         )
         return [
-            SurveyInfo(sid, tuple(sorted(robots.split(","))), n, dis, unc, t0, t1)
+            SurveyInfo(sid, tuple(sorted(robots.split(","))), int(n), int(dis), int(unc), t0, t1)
             for sid, robots, t0, t1, n, dis, unc in rows
         ]
 
     def plants(self, survey_id: str, robot_id: str | None = None) -> list[StoredPlant]:
         """Plants of a survey ordered by row, metre, time."""
-        sql = (
-            "SELECT p.*, t.record_id IS NOT NULL FROM plants p LEFT JOIN thumbnails t USING(record_id) "
-            "WHERE survey_id=?"
+        query = (
+            f"SELECT {', '.join('p.' + c for c in PLANT_COLUMNS.split(', '))}, t.record_id IS NOT NULL "
+            "FROM plants p LEFT JOIN thumbnails t ON t.record_id = p.record_id WHERE p.survey_id=?"
         )
         args: tuple = (survey_id,)
         if robot_id is not None:
-            sql += " AND robot_id=?"
+            query += " AND p.robot_id=?"
             args += (robot_id,)
-        rows = self._all(sql + " ORDER BY row, metre, t", args)
+        rows = self._all(query + " ORDER BY p.row NULLS FIRST, p.metre NULLS FIRST, p.t", args)
         return [
             StoredPlant(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), bool(r[9]),
                         r[10], r[11], r[12], r[13], r[14], bool(r[15]))
@@ -397,12 +457,12 @@ class StationDB:
 
     def track(self, survey_id: str, robot_id: str | None = None) -> list[TrackPoint]:
         """Heartbeat positions over time (the robot's path through the field)."""
-        sql = "SELECT robot_id, t, lat, lon, row, metre FROM heartbeats WHERE survey_id=?"
+        query = "SELECT robot_id, t, lat, lon, row, metre FROM heartbeats WHERE survey_id=?"
         args: tuple = (survey_id,)
         if robot_id is not None:
-            sql += " AND robot_id=?"
+            query += " AND robot_id=?"
             args += (robot_id,)
-        return [TrackPoint(*r) for r in self._all(sql + " ORDER BY t", args)]
+        return [TrackPoint(*r) for r in self._all(query + " ORDER BY t", args)]
 
     def thumbnail(self, record_id: str) -> bytes | None:
         row = self._one("SELECT jpeg FROM thumbnails WHERE record_id=?", (record_id,))
@@ -413,21 +473,33 @@ class StationDB:
         return dict(self._all("SELECT reason, count FROM rejected ORDER BY reason"))
 
     def integrity_check(self) -> str:
-        return self._one("PRAGMA integrity_check")[0]
+        """SQLite's ``PRAGMA integrity_check`` ("ok"); on PostgreSQL, which checks its own
+        pages, "ok" when every table can be read to the end."""
+        if not self.postgres:
+            return self._one("PRAGMA integrity_check")[0]
+        for table in ("robots", "received", "plants", "row_summaries", "heartbeats", "thumbnails", "rejected"):
+            self._one(f"SELECT count(*) FROM {table}")
+        return "ok"
 
 
 class _Transaction:
-    """``with db._tx() as c``: BEGIN IMMEDIATE ... COMMIT under the lock, ROLLBACK on error."""
+    """``with db._tx() as c``: BEGIN IMMEDIATE (SQLite) or BEGIN and the writers' advisory
+    lock (PostgreSQL) ... COMMIT, under the lock; ROLLBACK on error."""
 
     def __init__(self, db: StationDB):
         self.db = db
 
-    def __enter__(self) -> sqlite3.Connection:
+    def __enter__(self) -> sql.Connection:
         self.db._lock.acquire()
         try:
-            self.db._conn.execute("BEGIN IMMEDIATE")
+            for statement in self.db._begin:
+                self.db._conn.execute(statement)
         except BaseException:
-            self.db._lock.release()
+            try:
+                if self.db.postgres:  # BEGIN went through, the lock wait did not
+                    self.db._conn.execute("ROLLBACK")
+            finally:
+                self.db._lock.release()
             raise
         return self.db._conn
 
@@ -438,15 +510,16 @@ class _Transaction:
             self.db._lock.release()
 
 
-def _insert_one(c: sqlite3.Connection, record_id: str, record: Record, thumbnail: bytes | None,
+def _insert_one(c: sql.Connection, record_id: str, record: Record, thumbnail: bytes | None,
                 link: str, now: float) -> bool:
-    cur = c.execute("INSERT OR IGNORE INTO received VALUES (?,?,?,?,?)",
+    cur = c.execute("INSERT INTO received VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING",
                     (record_id, record.robot_id, record.kind, link, now))
     if cur.rowcount == 0:
         return False
     _STORE[type(record)](c, record_id, record)
     if thumbnail is not None:
-        c.execute("INSERT OR REPLACE INTO thumbnails VALUES (?,?)", (record_id, thumbnail))
+        c.execute("INSERT INTO thumbnails(record_id, jpeg) VALUES (?,?) ON CONFLICT(record_id) DO UPDATE "
+                  "SET jpeg=excluded.jpeg", (record_id, thumbnail))
     c.execute(
         "INSERT INTO robots(robot_id, last_seen, link) VALUES (?,?,?) "
         "ON CONFLICT(robot_id) DO UPDATE SET last_seen=excluded.last_seen, link=excluded.link",
@@ -455,15 +528,15 @@ def _insert_one(c: sqlite3.Connection, record_id: str, record: Record, thumbnail
     return True
 
 
-def _store_plant(c: sqlite3.Connection, record_id: str, r: PlantRecord) -> None:
+def _store_plant(c: sql.Connection, record_id: str, r: PlantRecord) -> None:
     c.execute(
-        "INSERT INTO plants VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        f"INSERT INTO plants({PLANT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (record_id, r.robot_id, r.survey_id, r.plant_id, r.t, r.label, r.class_index, r.confidence,
          int(r.diseased), int(r.uncertain), r.row, r.metre, r.lat, r.lon, r.frames),
     )
 
 
-def _store_row(c: sqlite3.Connection, record_id: str, r: RowSummary) -> None:
+def _store_row(c: sql.Connection, record_id: str, r: RowSummary) -> None:
     # Summaries may arrive out of order (two links): keep the one with the latest t.
     c.execute(
         "INSERT INTO row_summaries VALUES (?,?,?,?,?,?,?,?,?,?,?) "
@@ -476,9 +549,9 @@ def _store_row(c: sqlite3.Connection, record_id: str, r: RowSummary) -> None:
     )
 
 
-def _store_heartbeat(c: sqlite3.Connection, record_id: str, r: Heartbeat) -> None:
+def _store_heartbeat(c: sql.Connection, record_id: str, r: Heartbeat) -> None:
     c.execute(
-        "INSERT INTO heartbeats VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        f"INSERT INTO heartbeats({HEARTBEAT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
         (record_id, r.robot_id, r.survey_id, r.t, r.queue_depth, r.frames, r.fps, r.status,
          r.lat, r.lon, r.row, r.metre),
     )
@@ -495,6 +568,8 @@ def _store_heartbeat(c: sqlite3.Connection, record_id: str, r: Heartbeat) -> Non
 _STORE = {PlantRecord: _store_plant, RowSummary: _store_row, Heartbeat: _store_heartbeat}
 
 
-def open_db(path: str | Path) -> StationDB:
-    """Open (creating if needed) the station database at ``path``."""
-    return StationDB(path)
+def open_db(target: str | Path, *, read_target: str | Path | None = None) -> StationDB:
+    """Open (creating the tables if needed) the station database: a SQLite file path or a
+    ``postgresql://`` URL. ``read_target``: where :meth:`StationDB.reader` connects
+    (a PostgreSQL replica for the dashboard; default: ``target``)."""
+    return StationDB(target, read_target=read_target)

@@ -29,14 +29,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import sqlite3
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from robot.field_stats import wilson_interval
+from station.sql import Connection
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class _Stretch:
     lons: list[float] = field(default_factory=lambda: [math.inf, -math.inf])
     lats: list[float] = field(default_factory=lambda: [math.inf, -math.inf])
 
-    def add(self, p: sqlite3.Row) -> None:
+    def add(self, p: Mapping) -> None:
         self.plants += 1
         self.diseased += p["diseased"]
         self.uncertain += p["uncertain"]
@@ -149,7 +149,7 @@ def _observation(survey_id: str, key: str, name: str, s: _Stretch, geometry: str
                               "quantity": {"data": [{"type": q["type"], "id": q["id"]} for q in quantities]}}}
 
 
-def farmos_resources(conn: sqlite3.Connection, survey_id: str, *, cell_m: float = DEFAULT_CELL_M,
+def farmos_resources(conn: Connection, survey_id: str, *, cell_m: float = DEFAULT_CELL_M,
                      field_name: str | None = None, land_id: str | None = None) -> list[dict[str, Any]]:
     """The survey's farmOS resources in creation order (see the module docstring).
 
@@ -195,7 +195,7 @@ def farmos_resources(conn: sqlite3.Connection, survey_id: str, *, cell_m: float 
     return out
 
 
-def farmos_document(conn: sqlite3.Connection, survey_id: str, resources: list[dict[str, Any]] | None = None,
+def farmos_document(conn: Connection, survey_id: str, resources: list[dict[str, Any]] | None = None,
                     **options: Any) -> dict[str, Any]:
     """The resources (made here unless given) as one JSON:API document: ``data`` lists
     them in creation order."""

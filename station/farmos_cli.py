@@ -49,13 +49,14 @@ def _resources(args: argparse.Namespace) -> list:
     from pathlib import Path
 
     from station.farmos import FarmOSError, farmos_resources, read_farmos_file
+    from station.sql import is_postgres
     from station.web import queries
 
     if getattr(args, "file", None):
         return read_farmos_file(args.file)
     if not args.db or not args.survey:
         raise FarmOSError("give --db PATH and --survey ID" + (" (or --file FILE)" if hasattr(args, "file") else ""))
-    if not Path(args.db).is_file():
+    if not is_postgres(args.db) and not Path(args.db).is_file():
         raise FarmOSError(f"no station database at {args.db!r}")
     with contextlib.closing(queries.connect_readonly(args.db)) as conn:
         return farmos_resources(conn, args.survey, cell_m=args.cell_m, field_name=args.field_name,

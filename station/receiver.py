@@ -420,16 +420,18 @@ class Station:
     def __init__(self, db_path: str | Path, mqtt: str | None = None, serial: str | None = None,
                  hmac_key: bytes | None = None, robots: Iterable[str] | None = None,
                  baudrate: int = 115200, client_id: str = "leafscout-station", keys: KeyRing | None = None,
-                 insecure: bool = False, mqtt_password: str | None = None):
-        """``keys``: per-robot HMAC keys; ``hmac_key``: one key shared by all robots (weaker).
-        Neither: unsigned input is accepted (``leafscout station`` needs ``--insecure`` for that)."""
+                 insecure: bool = False, mqtt_password: str | None = None, read_db: str | None = None):
+        """``db_path``: a SQLite file or a ``postgresql://`` URL (several stations may share
+        one); ``read_db``: where the dashboard reads (a replica). ``keys``: per-robot HMAC
+        keys; ``hmac_key``: one key shared by all robots (weaker). Neither: unsigned input
+        is accepted (``leafscout station`` needs ``--insecure`` for that)."""
         if mqtt is None and serial is None:
             raise StationError("a station needs at least one of mqtt= (broker URL) or serial= (port URL)")
         if keys is None and hmac_key is not None:
             keys = KeyRing(shared=hmac_key)
         self.keys, self.insecure = keys, insecure
         self.allowed = frozenset(robots) if robots else None
-        self.db = open_db(db_path)
+        self.db = open_db(db_path, read_target=read_db)
         try:
             self.db.set_flag("insecure", insecure)  # the dashboard shows a banner
             self.mqtt = (MqttReceiver(self.db, mqtt, keys, self.allowed, client_id, password=mqtt_password)

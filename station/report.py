@@ -25,15 +25,15 @@ import json
 import logging
 import math
 import re
-import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from robot.records import UNCERTAIN
+from station.sql import Connection
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def csv_text(value: str) -> str:
     return "'" + value if value.startswith(_FORMULA_START) else value
 
 
-def csv_lines(conn: sqlite3.Connection, survey_id: str) -> Iterator[str]:
+def csv_lines(conn: Connection, survey_id: str) -> Iterator[str]:
     """The survey's plant records as CSV text, one line at a time (streams 100k rows)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -108,7 +108,7 @@ def csv_lines(conn: sqlite3.Connection, survey_id: str) -> Iterator[str]:
     yield flush()
 
 
-def csv_row(p: sqlite3.Row | dict) -> tuple:
+def csv_row(p: Mapping) -> tuple:
     """One plant (a row of ``iter_plants``) as the values of ``CSV_COLUMNS``."""
     return (csv_text(p["record_id"]), csv_text(p["robot_id"]), csv_text(p["survey_id"]), p["plant_id"],
             iso_time(p["t"]), p["t"], csv_text(p["label"]), p["class_index"], p["confidence"], p["diseased"],
@@ -116,7 +116,7 @@ def csv_row(p: sqlite3.Row | dict) -> tuple:
 
 
 # -- GeoJSON -------------------------------------------------------------------------
-def observation_feature(p: sqlite3.Row | dict) -> dict[str, Any]:
+def observation_feature(p: Mapping) -> dict[str, Any]:
     """One plant as a GeoJSON Point feature with farmOS observation-log properties."""
     crop, disease = crop_and_disease(p["label"])
     where = f"row {p['row']}, {p['metre']:.1f} m" if p["row"] is not None and p["metre"] is not None else "no row"
@@ -147,7 +147,7 @@ def observation_feature(p: sqlite3.Row | dict) -> dict[str, Any]:
     }
 
 
-def _has_position(p: sqlite3.Row | dict) -> bool:
+def _has_position(p: Mapping) -> bool:
     return p["lat"] is not None and p["lon"] is not None and math.isfinite(p["lat"]) and math.isfinite(p["lon"])
 
 
@@ -165,7 +165,7 @@ def geojson_tail(survey_id: str, features: int, skipped: int) -> str:
     return f'\n], "leafscout": {json.dumps(meta)}}}\n'
 
 
-def geojson_chunks(conn: sqlite3.Connection, survey_id: str) -> Iterator[str]:
+def geojson_chunks(conn: Connection, survey_id: str) -> Iterator[str]:
     """The survey as a GeoJSON FeatureCollection, streamed as text chunks."""
     from station.web.queries import iter_plants
 
@@ -284,7 +284,7 @@ def _as_list(errors: Any) -> list:
 MAP_POINTS_IN_REPORT = 5000  # diseased and uncertain plants drawn on the report's map
 
 
-def render_report(conn: sqlite3.Connection, robots: list, survey_id: str, thumbnail=None, *,
+def render_report(conn: Connection, robots: list, survey_id: str, thumbnail=None, *,
                   row_summaries: list = (), summary=None, basemap=None) -> str:
     """The survey as one HTML document with inline CSS, the field map (with its pan and
     zoom script and the flagged plants as points), the time chart and thumbnails.
@@ -326,7 +326,7 @@ def render_report(conn: sqlite3.Connection, robots: list, survey_id: str, thumbn
     )
 
 
-def _survey_robots(conn: sqlite3.Connection, survey_id: str) -> set[str]:
+def _survey_robots(conn: Connection, survey_id: str) -> set[str]:
     return {r[0] for r in conn.execute("SELECT DISTINCT robot_id FROM plants WHERE survey_id = ?", (survey_id,))}
 
 
@@ -335,23 +335,28 @@ def write_report(db: Any, survey_id: str, out_dir: str | Path, *, basemap=None) 
     streaming: memory stays bounded however many plants the survey has, and the
     observations are checked while they are written (``ReportPaths.problems``).
 
-    ``db`` is a ``station.db.StationDB`` or the path of a station database; ``basemap`` a
+    ``db`` is a ``station.db.StationDB``, the path of a SQLite station database or a
+    ``postgresql://`` URL (a primary or a replica); ``basemap`` a
     ``station.web.app.BasemapFile`` to draw under a GPS map.
     """
-    from station.db import open_db
+    from station.db import StationDBError, open_db
+    from station.sql import is_postgres
     from station.web.svg import Basemap
     from station.web import queries
     from station.web.aggregates import SurveyAggregates
 
     with contextlib.ExitStack() as stack:
         if isinstance(db, (str, Path)):
-            if not Path(db).is_file():
+            if not is_postgres(db) and not Path(db).is_file():
                 raise ReportError(f"no station database at {str(db)!r}")
-            db = stack.enter_context(open_db(db))
-        conn = stack.enter_context(contextlib.closing(queries.connect_readonly(db.path)))
+            try:
+                db = stack.enter_context(open_db(db))
+            except StationDBError as e:
+                raise ReportError(str(e)) from e
+        conn = stack.enter_context(contextlib.closing(db.reader()))
         if not queries.survey_exists(conn, survey_id):
             known = [s.survey_id for s in db.surveys()]
-            raise ReportError(f"survey {survey_id!r} is not in {db.path}; known surveys: {known or 'none'}")
+            raise ReportError(f"survey {survey_id!r} is not in {db.name}; known surveys: {known or 'none'}")
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         paths = out / "report.html", out / "plants.csv", out / "observations.geojson"

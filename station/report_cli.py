@@ -12,8 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "survey. Works offline on a copy of the station database and streams (bounded memory); "
                     "the GeoJSON is checked while it is written.",
     )
-    p.add_argument("--db", required=True, metavar="PATH",
-                   help="station database file (SQLite) written by `leafscout station`")
+    p.add_argument("--db", required=True, metavar="PATH|URL",
+                   help="station database written by `leafscout station`: a SQLite file, or a postgresql:// URL "
+                        "(a primary or a read replica; password from PGPASSWORD or ~/.pgpass, never the URL)")
     p.add_argument("--survey", metavar="ID", help="survey id to report on (default: list the surveys and stop)")
     p.add_argument("--out", default="report_out", metavar="DIR",
                    help="folder for the three files (created; default: report_out)")
@@ -31,17 +32,26 @@ def _run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from station.db import open_db
+    from station.db import StationDBError, open_db
     from station.report import ReportError, write_report
+    from station.sql import is_postgres, redact, url_has_password
 
-    if not Path(args.db).is_file():
+    if is_postgres(args.db) and url_has_password(args.db):
+        print("error: the --db URL holds a password (readable in /proc by every user): use PGPASSWORD or "
+              "~/.pgpass", file=sys.stderr)
+        return 2
+    if not is_postgres(args.db) and not Path(args.db).is_file():
         print(f"error: no station database at {args.db!r}", file=sys.stderr)
         return 2
     if not args.survey:
-        with open_db(args.db) as db:
-            surveys = db.surveys()
+        try:
+            with open_db(args.db) as db:
+                surveys = db.surveys()
+        except StationDBError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         if not surveys:
-            print(f"{args.db} holds no surveys yet")
+            print(f"{redact(args.db)} holds no surveys yet")
         for s in surveys:
             print(f"{s.survey_id}\t{s.plants} plants\t{s.diseased} diseased\trobots {','.join(s.robots)}")
         print("choose one with --survey ID", file=sys.stderr)

@@ -50,3 +50,41 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ckpt = make_tiny_run(root / "run", model_name="lenet_bn", per_class=40, steps=80, calibration=calibration)
         export_bundle(ckpt, root / "bundle")
     return root / "bundle"
+
+
+def require_postgres() -> None:
+    """PostgreSQL's server programs and psycopg; in CI a missing one fails, elsewhere it skips."""
+    from station.pg_server import find_pg_bin
+
+    problem = None
+    if find_pg_bin() is None:
+        problem = ("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb; make test installs "
+                   "Debian's postgresql when run as root)")
+    else:
+        try:
+            import psycopg  # noqa: F401
+        except ModuleNotFoundError:
+            problem = "psycopg is not installed (pip install 'psycopg[binary]')"
+    if problem is not None:
+        if IN_CI:
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server on loopback for the whole session (fsync off), started on
+    first use and stopped at the end; ``postgres_server.database()`` gives a fresh database."""
+    require_postgres()
+    from station.pg_server import PostgresServer
+
+    with PostgresServer(fast=True) as server:
+        yield server
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_target(request, tmp_path):
+    """A fresh station database on each backend: a SQLite file path or a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return tmp_path / "station.db"
+    return request.getfixturevalue("postgres_server").database()

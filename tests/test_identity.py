@@ -57,23 +57,23 @@ def _reset_survey(tmp_path: Path, st: Station, make_link) -> None:
     assert st.db.rejected().get("duplicate", 0) == 0
 
 
-def test_outbox_reset_mid_survey_loses_nothing_over_mqtt(tmp_path):
+def test_outbox_reset_mid_survey_loses_nothing_over_mqtt(tmp_path, db_target):
     require_binary("mosquitto")
-    with Broker(tmp_path / "broker", ["r1"]) as broker, Station(tmp_path / "s.db", mqtt=broker.url("station")) as st:
+    with Broker(tmp_path / "broker", ["r1"]) as broker, Station(db_target, mqtt=broker.url("station")) as st:
         assert st.wait_connected(10)
         _reset_survey(tmp_path, st, lambda ob: MqttLink(broker.url("r1"), "r1", ob))
 
 
-def test_outbox_reset_mid_survey_loses_nothing_over_serial(tmp_path):
+def test_outbox_reset_mid_survey_loses_nothing_over_serial(tmp_path, db_target):
     tty = str(tmp_path / "tty")
-    with Station(tmp_path / "s.db", serial=f"pty://{tty}") as st:
+    with Station(db_target, serial=f"pty://{tty}") as st:
         assert st.wait_connected(5)
         _reset_survey(tmp_path, st, lambda ob: SerialLink(tty, "r1", ob))
 
 
-def test_replayed_hello_of_an_old_outbox_cannot_take_over(tmp_path):
+def test_replayed_hello_of_an_old_outbox_cannot_take_over(tmp_path, db_target):
     """A HELLO is accepted once per (outbox id, seq): an old one played back changes nothing."""
-    with Station(tmp_path / "s.db", serial="loop://") as st:
+    with Station(db_target, serial="loop://") as st:
         db = st.db
         assert db.serial_hello("r1", "a" * 32, 5)
         assert db.serial_hello("r1", "a" * 32, 5)  # retransmitted (our ACK was lost): acknowledged again

@@ -62,9 +62,9 @@ def test_limits_are_checked(change):
         record_from_dict(plant(1).to_dict() | change)
 
 
-def test_each_poison_payload_next_to_valid_records_loses_none_of_them(tmp_path):
+def test_each_poison_payload_next_to_valid_records_loses_none_of_them(tmp_path, db_target):
     require_binary("mosquitto")
-    with Broker(tmp_path / "broker", ["r1"]) as broker, Station(tmp_path / "s.db", mqtt=broker.url("station")) as st:
+    with Broker(tmp_path / "broker", ["r1"]) as broker, Station(db_target, mqtt=broker.url("station")) as st:
         assert st.wait_connected(10)
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="poisoner")
         c.username_pw_set("r1", broker.passwords["r1"])
@@ -95,10 +95,10 @@ def test_each_poison_payload_next_to_valid_records_loses_none_of_them(tmp_path):
         c.disconnect()
 
 
-def test_rejection_ack_removes_the_record_from_the_robots_outbox(tmp_path):
+def test_rejection_ack_removes_the_record_from_the_robots_outbox(tmp_path, db_target):
     """A record the robot's own checks missed (older version) is refused once, not resent forever."""
     require_binary("mosquitto")
-    with Broker(tmp_path / "broker", ["r1"]) as broker, Station(tmp_path / "s.db", mqtt=broker.url("station")) as st:
+    with Broker(tmp_path / "broker", ["r1"]) as broker, Station(db_target, mqtt=broker.url("station")) as st:
         assert st.wait_connected(10)
         outbox = Outbox(tmp_path / "o.db")
         seqs = outbox.put_many([(plant(i), None) for i in range(5)])
@@ -130,11 +130,11 @@ def _lax_pending(outbox: Outbox):
     return pending
 
 
-def test_serial_row_with_nan_or_inf_time_next_to_valid_frames(tmp_path):
+def test_serial_row_with_nan_or_inf_time_next_to_valid_frames(tmp_path, db_target):
     tty = str(tmp_path / "tty")
     ctx = P.SurveyContext(0, "s1", T0, 48.0, 11.0)
     n = P.robot_number("r1")
-    with Station(tmp_path / "s.db", serial=f"pty://{tty}") as st:
+    with Station(db_target, serial=f"pty://{tty}") as st:
         assert st.wait_connected(5)
         port = serial.serial_for_url(tty, baudrate=115200, timeout=2)
         dec = P.FrameDecoder()
@@ -180,10 +180,13 @@ _bad_values = st.one_of(
 _fields = st.sampled_from(["plant_id", "t", "confidence", "frames", "lat", "lon", "label", "survey_id", "row"])
 
 
-@pytest.fixture(scope="module")
-def receiver(tmp_path_factory):
-    db = open_db(tmp_path_factory.mktemp("prop") / "s.db")
-    db._conn.execute("PRAGMA synchronous=OFF")  # a property test, not a durability test
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def receiver(request, tmp_path_factory):
+    if request.param == "postgres":
+        db = open_db(request.getfixturevalue("postgres_server").database())  # the server runs without fsync
+    else:
+        db = open_db(tmp_path_factory.mktemp("prop") / "s.db")
+        db._conn.execute("PRAGMA synchronous=OFF")  # a property test, not a durability test
     r = MqttReceiver(db, "mqtt://station:x@127.0.0.1:1")
     r.client = _FakeClient()
     yield r
@@ -223,10 +226,10 @@ def test_property_no_valid_record_near_an_invalid_one_is_lost(receiver, batch):
     assert {int(r.rsplit(":", 1)[1]) for r in valid} <= acked
 
 
-def test_heartbeat_drops_are_shown_per_robot(tmp_path):
+def test_heartbeat_drops_are_shown_per_robot(tmp_path, db_target):
     from robot.records import Heartbeat
 
-    with open_db(tmp_path / "s.db") as db:
+    with open_db(db_target) as db:
         db.insert_records([(f"r1:{OB}:1", Heartbeat("r1", T0, 5, 10, 9.0, dropped=7), None),
                            (f"r2:{OB}:1", Heartbeat("r2", T0, 5, 10, 9.0), None)])
         assert db.robot_drops() == {"r1": 7}

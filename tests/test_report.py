@@ -6,7 +6,6 @@ import contextlib
 import csv
 import json
 import re
-import sqlite3
 
 import pytest
 
@@ -14,6 +13,7 @@ from robot.records import PlantRecord, RowSummary
 from station.db import open_db
 from station.report import ReportError, crop_and_disease, validate_observations, write_report
 from station.report_cli import register
+from station.sql import db_errors, is_postgres
 from station.web import queries, svg
 from station.web.aggregates import SurveyAggregates, ThinnedTrack, TrackPoint
 from station.web.sample_data import fill_survey
@@ -22,8 +22,8 @@ ROW_INCIDENCE = (0.0, 0.3, 0.6, 1.0)
 
 
 @pytest.fixture()
-def survey(tmp_path):
-    path = tmp_path / "station.db"
+def survey(tmp_path, db_target):
+    path = db_target
     with open_db(path) as db:
         truth = fill_survey(db, "north-field", row_incidence=ROW_INCIDENCE, plants_per_row=22,
                             without_position_every=9)
@@ -161,17 +161,16 @@ def test_crop_and_disease_from_class_names(label, crop, disease):
     assert crop_and_disease(label) == (crop, disease)
 
 
-def test_running_aggregates_fold_in_new_records_and_row_summaries(tmp_path):
-    path = tmp_path / "s.db"
-    db = open_db(path)
+def test_running_aggregates_fold_in_new_records_and_row_summaries(db_target):
+    db = open_db(db_target)
     db.insert_records([
         (f"r:{i}", PlantRecord("r", "s", i, 1000.0 + i, "uncertain", -1, 0.4, 3, row=0, metre=float(i)), None)
         for i in range(3)
     ] + [(f"r:{10 + i}", PlantRecord("r", "s", 10 + i, 2000.0 + i, "Tomato___Early_blight", 1, 0.9, 3), None)
          for i in range(2)])
-    conn = queries.connect_readonly(path)
+    conn = db.reader()
     try:
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        with pytest.raises(db_errors(conn), match="readonly|read-only"):
             conn.execute("DELETE FROM plants")
         live = SurveyAggregates()
         first = live.summary(conn, "s")
@@ -200,10 +199,10 @@ def test_running_aggregates_fold_in_new_records_and_row_summaries(tmp_path):
         db.close()
 
 
-def test_timeline_has_at_most_48_buckets_and_each_robot_has_a_track(tmp_path):
-    with open_db(tmp_path / "s.db") as db:
+def test_timeline_has_at_most_48_buckets_and_each_robot_has_a_track(db_target):
+    with open_db(db_target) as db:
         fill_survey(db, "long", row_incidence=(0.1,) * 30, plants_per_row=100, thumbnails=False)
-        conn = queries.connect_readonly(db.path)
+        conn = db.reader()
         summary = SurveyAggregates().summary(conn, "long")
         conn.close()
     assert len(summary.timeline) <= 48 and sum(b.plants for b in summary.timeline) == 3000
@@ -234,13 +233,16 @@ def test_colour_scale_runs_green_to_red():
 
 def test_gallery_walks_the_time_index_without_sorting(survey):
     db_path, truth = survey
-    with contextlib.closing(sqlite3.connect(db_path)) as writer:
-        queries.ensure_indexes(writer)
-    with contextlib.closing(queries.connect_readonly(db_path)) as conn:
-        plan = " | ".join(r[-1] for r in conn.execute(
-            "EXPLAIN QUERY PLAN SELECT p.record_id FROM plants p JOIN thumbnails th ON th.record_id = p.record_id "
-            "WHERE p.survey_id = ? AND (p.diseased OR p.uncertain) ORDER BY p.t DESC LIMIT 10", ("north-field",)))
-        assert "USING INDEX web_plants_time" in plan and "TEMP B-TREE" not in plan, plan
+    with open_db(db_path) as writer:
+        writer.ensure_indexes(queries.INDEXES)
+        conn = writer.reader()
+    with contextlib.closing(conn):
+        if not is_postgres(db_path):  # SQLite's plan; PostgreSQL picks by its statistics
+            plan = " | ".join(r[-1] for r in conn.execute(
+                "EXPLAIN QUERY PLAN SELECT p.record_id FROM plants p JOIN thumbnails th ON th.record_id = p.record_id "
+                "WHERE p.survey_id = ? AND (p.diseased = 1 OR p.uncertain = 1) ORDER BY p.t DESC LIMIT 10",
+                ("north-field",)))
+            assert "USING INDEX web_plants_time" in plan and "TEMP B-TREE" not in plan, plan
         page = queries.flagged(conn, "north-field", limit=10)
     assert len(page) == 10 and [p["t"] for p in page] == sorted((p["t"] for p in page), reverse=True)
     assert all(p["label"] != "Tomato___healthy" for p in page)
@@ -256,7 +258,7 @@ def test_plants_without_rows_are_mapped_in_gps_cells(tmp_path):
                                               lat=lat0 + north_m / 111_320.0, lon=lon0), None))
     with open_db(tmp_path / "s.db") as db:
         db.insert_records(records)
-        with contextlib.closing(queries.connect_readonly(db.path)) as conn:
+        with contextlib.closing(db.reader()) as conn:
             summary = SurveyAggregates().summary(conn, "gps")
     assert summary.rows == []
     cells = sorted((c.plants, c.diseased, c.uncertain, round(c.incidence, 4)) for c in summary.cells)

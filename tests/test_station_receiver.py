@@ -47,10 +47,10 @@ def send(c: mqtt.Client, t: str, payload: bytes) -> None:
     c.publish(t, payload, qos=1).wait_for_publish(5)
 
 
-def test_mqtt_forged_replayed_unknown_and_oversized_input_is_rejected(tmp_path):
+def test_mqtt_forged_replayed_unknown_and_oversized_input_is_rejected(tmp_path, db_target):
     require_binary("mosquitto")
     with Broker(tmp_path / "broker", ["r1", "r2"]) as broker, \
-            Station(tmp_path / "s.db", mqtt=broker.url("station"), hmac_key=KEY, robots=["r1"]) as st:
+            Station(db_target, mqtt=broker.url("station"), hmac_key=KEY, robots=["r1"]) as st:
         assert st.wait_connected(10)
         r1, r2 = publisher(broker, "r1"), publisher(broker, "r2")
         acks: list[bytes] = []
@@ -92,10 +92,10 @@ def _frame(mtype: P.MsgType, seq: int, payload: bytes, key: bytes | None = KEY, 
     return P.encode_frame(mtype, P.robot_number(robot_id), seq, payload, key)
 
 
-def test_serial_forged_replayed_unknown_and_oversized_input_is_rejected(tmp_path):
+def test_serial_forged_replayed_unknown_and_oversized_input_is_rejected(tmp_path, db_target):
     tty = str(tmp_path / "tty")
     ctx = P.SurveyContext(0, "s1", T0, 48.0, 11.0)
-    with Station(tmp_path / "s.db", serial=f"pty://{tty}", hmac_key=KEY, robots=["r1"]) as st:
+    with Station(db_target, serial=f"pty://{tty}", hmac_key=KEY, robots=["r1"]) as st:
         assert st.wait_connected(5)
         port = serial.serial_for_url(tty, baudrate=115200, timeout=2)
         dec = P.FrameDecoder(KEY)
@@ -134,7 +134,7 @@ def _station_cli(*args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_station_cli_runs_both_links_and_stops_cleanly(tmp_path):
+def test_station_cli_runs_both_links_and_stops_cleanly(tmp_path, db_target):
     require_binary("mosquitto")
     keys = tmp_path / "keys"
     for robot in ("r1", "r2"):
@@ -146,7 +146,7 @@ def test_station_cli_runs_both_links_and_stops_cleanly(tmp_path):
         tty = tmp_path / "tty"
         proc = _station_cli("--mqtt", broker.url("station", password=False), "--password-file",
                             str(broker.password_file("station")), "--serial", f"pty://{tty}",
-                            "--db", str(tmp_path / "s.db"), "--keys", str(keys))
+                            "--db", str(db_target), "--keys", str(keys))
         try:
             lines = []
             for line in proc.stdout:
@@ -166,7 +166,7 @@ def test_station_cli_runs_both_links_and_stops_cleanly(tmp_path):
             out, err = proc.communicate(timeout=10)
         assert proc.returncode == 0, err
         assert broker.passwords["station"] not in out + err
-    with open_db(tmp_path / "s.db") as db:
+    with open_db(db_target) as db:
         assert sorted(p.plant_id for p in db.plants("s1")) == list(range(20))
         assert db.flags() == {"insecure": False}
 
@@ -196,7 +196,7 @@ def test_station_refuses_to_start_insecure_unless_told(tmp_path):
         assert db.flags() == {"insecure": True}
 
 
-def test_a_key_speaks_only_for_its_own_robot(tmp_path):
+def test_a_key_speaks_only_for_its_own_robot(tmp_path, db_target):
     """Before: one key shared by all robots, so any key holder could speak for any robot."""
     from station.keys import KeyRing
 
@@ -213,7 +213,7 @@ def test_a_key_speaks_only_for_its_own_robot(tmp_path):
         parse_record_message(topic("r3", "plant"), seal(topic("r3", "plant"), body, k1), ring)
     # serial: r1's frames signed with r2's key are refused; with its own key accepted
     tty = str(tmp_path / "tty")
-    with Station(tmp_path / "s.db", serial=f"pty://{tty}", keys=ring) as st:
+    with Station(db_target, serial=f"pty://{tty}", keys=ring) as st:
         assert st.wait_connected(5)
         port = serial.serial_for_url(tty, baudrate=115200, timeout=2)
         hello = P.encode_hello("r1", bytes.fromhex(OB))

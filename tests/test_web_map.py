@@ -18,8 +18,8 @@ from test_web_auth import _basic
 
 
 @pytest.fixture()
-def big(tmp_path):
-    db = open_db(tmp_path / "station.db")
+def big(tmp_path, db_target):
+    db = open_db(db_target)
     truth = fill_survey(db, "f", row_incidence=(0.1, 0.5, 0.3), plants_per_row=200, uncertain_per_row=4)
     token = add_user(tmp_path / "users.json", "v", "viewer")
     yield db, truth, tmp_path / "users.json", _basic("v", token)
@@ -27,7 +27,7 @@ def big(tmp_path):
 
 
 def _summary(db, survey_id="f"):
-    with contextlib.closing(queries.connect_readonly(db.path)) as conn:
+    with contextlib.closing(db.reader()) as conn:
         return SurveyAggregates().summary(conn, survey_id)
 
 
@@ -44,8 +44,8 @@ def test_rows_are_cut_into_cells_that_add_up(big):
     assert hot.incidence >= 0.5 and hot.ci_lo < hot.incidence < hot.ci_hi and hot.ci_hi - hot.ci_lo > 0.3
 
 
-def test_short_rows_keep_one_metre_cells(tmp_path):
-    with open_db(tmp_path / "s.db") as db:
+def test_short_rows_keep_one_metre_cells(tmp_path, db_target):
+    with open_db(db_target) as db:
         fill_survey(db, "short", row_incidence=(0.5,), plants_per_row=40, thumbnails=False)
         s = _summary(db, "short")
     assert s.row_cell_m == 1.0 and len(s.row_cells) == 20 and {c.plants for c in s.row_cells} == {2}
@@ -135,11 +135,11 @@ def _png(path, size=(40, 30)):
     return path
 
 
-def test_gps_survey_points_basemap_and_report(tmp_path):
+def test_gps_survey_points_basemap_and_report(tmp_path, db_target):
     from station.report import write_report
     from station.web.app import BasemapFile
 
-    db = open_db(tmp_path / "station.db")
+    db = open_db(db_target)
     try:
         fill_survey(db, "gps", row_incidence=(0.2, 0.6), plants_per_row=80, with_rows=False)
         token = add_user(tmp_path / "users.json", "v", "viewer")

@@ -5,7 +5,8 @@ robots keep reporting. Re-aggregating every plant per request (even from coverin
 indexes) costs hundreds of milliseconds on a small station computer, so the dashboard
 keeps, per survey, the counts per row, per class and per 10-second time slot plus a
 thinned track per robot, and on each request reads only rows whose ``rowid`` is above the
-last one it saw (the station only appends: records are never updated or deleted).
+last one it saw (the station only appends: records are never updated or deleted; on
+PostgreSQL ``rowid`` is a column that grows in commit order, see :mod:`station.sql`).
 Each stored row is read once in the life of the process, never once per request.
 
 The same class builds a report offline: a fresh instance reads everything once.
@@ -13,12 +14,12 @@ The same class builds a report offline: a fresh instance reads everything once.
 from __future__ import annotations
 
 import math
-import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 from robot.field_stats import wilson_interval
+from station.sql import Connection, stream
 
 SLOT_S = 10.0  # time resolution kept for "incidence over time"
 CELL_M = 10.0  # GPS grid for plants without a row number
@@ -251,17 +252,18 @@ class SurveyAggregates:
             s = self._surveys[survey_id] = _Survey()
         return s
 
-    def refresh(self, conn: sqlite3.Connection) -> None:
+    def refresh(self, conn: Connection) -> None:
         """Fold in every plant, thumbnail and heartbeat stored since the last call."""
         with self._lock:
             if self._read_plants:
                 self._read(conn, "plants", "SELECT rowid, survey_id, row, label, diseased, uncertain, metre, t, lat, "
-                                           "lon, robot_id FROM plants WHERE rowid > ? ORDER BY rowid", self._add_plant)
+                                           "lon, robot_id FROM plants WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                           self._add_plant)
             self._read(conn, "thumbnails", "SELECT th.rowid, p.survey_id, p.diseased, p.uncertain FROM thumbnails th "
                                            "JOIN plants p ON p.record_id = th.record_id WHERE th.rowid > ? "
-                                           "ORDER BY th.rowid", self._add_thumbnail)
+                                           "ORDER BY th.rowid LIMIT ?", self._add_thumbnail)
             self._read(conn, "heartbeats", "SELECT rowid, robot_id, survey_id, t, row, metre, lat, lon FROM heartbeats "
-                                           "WHERE rowid > ? AND survey_id IS NOT NULL ORDER BY rowid",
+                                           "WHERE rowid > ? AND survey_id IS NOT NULL ORDER BY rowid LIMIT ?",
                        self._add_heartbeat)
 
     def folding(self, plants: Iterable[Mapping]) -> Iterator[Mapping]:
@@ -274,13 +276,17 @@ class SurveyAggregates:
                              p["t"], p["lat"], p["lon"], p["robot_id"]))
             yield p
 
-    def _read(self, conn: sqlite3.Connection, table: str, sql: str, add) -> None:
-        # One snapshot per table read; rows committed later are picked up next time.
-        cur = conn.execute(sql, (self._last[table],))
-        while batch := cur.fetchmany(_FETCH):
+    def _read(self, conn: Connection, table: str, sql: str, add) -> None:
+        # Batches of _FETCH rows in rowid order (bounded memory on either database); rows
+        # are numbered in commit order, so none committed later can appear behind the last.
+        while True:
+            batch = conn.execute(sql, (self._last[table], _FETCH)).fetchall()
             for r in batch:
                 add(r)
-            self._last[table] = batch[-1][0]
+            if batch:
+                self._last[table] = batch[-1][0]
+            if len(batch) < _FETCH:
+                return
 
     def _add_plant(self, r) -> None:
         _, survey_id, row, label, diseased, uncertain, metre, t, lat, lon, robot_id = r
@@ -323,7 +329,7 @@ class SurveyAggregates:
         track.add(TrackPoint(t, row, metre, lat, lon))
         s.version += 1
 
-    def all_totals(self, conn: sqlite3.Connection) -> dict[str, Totals]:
+    def all_totals(self, conn: Connection) -> dict[str, Totals]:
         """Totals of every survey with plants or heartbeats, newest first."""
         self.refresh(conn)
         with self._lock:
@@ -334,7 +340,7 @@ class SurveyAggregates:
                 self._all_totals = stamp, dict(sorted(totals.items(), key=lambda kv: -(kv[1].t_last or 0)))
             return self._all_totals[1]
 
-    def summary(self, conn: sqlite3.Connection, survey_id: str, row_summaries: list = ()) -> SurveySummary:
+    def summary(self, conn: Connection, survey_id: str, row_summaries: list = ()) -> SurveySummary:
         """The survey's statistics including everything stored so far (empty if none yet),
         with rows completed from the robots' ``row_summaries`` (see :func:`with_row_summaries`)."""
         self.refresh(conn)
@@ -490,20 +496,18 @@ def _quantile_slot(ordered: list[int], slots: dict[int, _Counts], total: int, q:
     return ordered[-1]
 
 
-def filtered_summary(conn: sqlite3.Connection, survey_id: str, where: str, params: tuple,
+def filtered_summary(conn: Connection, survey_id: str, where: str, params: tuple,
                      tracks: dict[str, list[TrackPoint]] | None = None) -> SurveySummary:
     """Statistics of the survey's plants that match ``where`` (an SQL condition on
     ``plants``, from :class:`station.web.queries.PlantFilter`), computed now in one pass."""
     s = _Survey()
     agg = SurveyAggregates()
     agg._surveys[survey_id] = s
-    cur = conn.execute("SELECT rowid, survey_id, row, label, diseased, uncertain, metre, t, lat, lon, robot_id "
-                       f"FROM plants WHERE survey_id = ? AND {where}", (survey_id, *params))
-    while batch := cur.fetchmany(_FETCH):
-        for r in batch:
-            agg._add_plant(r)
+    for r in stream(conn, "SELECT rowid, survey_id, row, label, diseased, uncertain, metre, t, lat, lon, robot_id "
+                    f"FROM plants WHERE survey_id = ? AND {where}", (survey_id, *params)):
+        agg._add_plant(r)
     s.flagged = conn.execute("SELECT count(*) FROM plants JOIN thumbnails USING (record_id) "
-                             f"WHERE survey_id = ? AND (diseased OR uncertain) AND {where}",
+                             f"WHERE survey_id = ? AND (diseased = 1 OR uncertain = 1) AND {where}",
                              (survey_id, *params)).fetchone()[0]
     summary = _build(survey_id, s)
     return replace(summary, tracks=tracks or {})

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import sqlite3
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -23,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from leafscout import __version__
 from station.db import StationDB, open_db
+from station.sql import Connection
 
 from . import access, queries, routes
 from .aggregates import SurveyAggregates, SurveySummary
@@ -35,18 +35,18 @@ log = logging.getLogger(__name__)
 
 
 class _Readers:
-    """One read-only SQLite connection per worker thread, all closed at shutdown."""
+    """One read-only connection per worker thread (``connect()``), all closed at shutdown."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, connect: Callable[[], Connection]):
+        self.connect = connect
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: list[Connection] = []
         self._lock = threading.Lock()
 
-    def get(self) -> sqlite3.Connection:
+    def get(self) -> Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = self._local.conn = queries.connect_readonly(self.path)
+            conn = self._local.conn = self.connect()
             with self._lock:
                 self._all.append(conn)
         return conn
@@ -81,7 +81,7 @@ class StationState:
     rendered: dict = field(default_factory=dict)  # (survey, kind) -> (summary, rendering)
     rendered_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def summary(self, conn: sqlite3.Connection, survey_id: str) -> SurveySummary:
+    def summary(self, conn: Connection, survey_id: str) -> SurveySummary:
         """The survey's statistics; the same object for as long as no record changes them."""
         return self.aggregates.summary(conn, survey_id, self.db.rows(survey_id))
 
@@ -160,7 +160,8 @@ def create_app(
 ) -> FastAPI:
     """Build the dashboard for a station database.
 
-    ``db`` is an open ``StationDB`` (shared with the receivers) or a path to open;
+    ``db`` is an open ``StationDB`` (shared with the receivers) or a path or URL to open
+    (pages read through ``StationDB.reader()``: a PostgreSQL replica when it names one);
     ``users`` a ``UserStore``, a users-file path, or the file's ``users`` mapping.
     ``rate_per_s``/``burst`` set each principal's token bucket. Set ``secure_cookies``
     when the station is served over HTTPS. ``login_failures`` wrong secrets for one
@@ -173,12 +174,10 @@ def create_app(
     store = _user_store(users)
     if len(store) == 0:
         log.warning("no users configured: nobody can sign in (add one with `leafscout add-user`)")
-    with contextlib.closing(sqlite3.connect(str(station_db.path))) as conn:
-        conn.execute("PRAGMA busy_timeout = 5000")
-        queries.ensure_indexes(conn)
+    station_db.ensure_indexes(queries.INDEXES)
     state = StationState(station_db, owns_db, store, SessionStore(session_ttl_s), RateLimiter(rate_per_s, burst),
                          LoginGuard(login_failures), LoginGuard(client_login_failures),
-                         _Readers(station_db.path), SurveyAggregates(), secure_cookies, login_tarpit_s, basemap)
+                         _Readers(station_db.reader), SurveyAggregates(), secure_cookies, login_tarpit_s, basemap)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):

@@ -1,39 +1,29 @@
 """SQL the pages and exports run on the station database (see :mod:`station.db`).
 
 Statistics come from :mod:`station.web.aggregates`; what is here either stops after
-one page of rows (the gallery, through an index) or streams (the exports).
+one page of rows (the gallery, through an index) or streams (the exports). The same
+statements run on SQLite and PostgreSQL (:mod:`station.sql`).
 """
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timezone
-from pathlib import Path
+
+from station.sql import Connection, connect_readonly, stream
+
+__all__ = ["INDEXES", "Connection", "connect_readonly", "survey_exists", "flagged", "iter_plants", "FilterError",
+           "PlantFilter", "plants_in_view", "plants_in_area", "flagged_points"]
 
 # The gallery lists a survey's flagged plants newest first: walk this index backwards
 # and stop after one page, instead of sorting the survey.
-_INDEXES = ("CREATE INDEX IF NOT EXISTS web_plants_time ON plants(survey_id, t, diseased, uncertain)",)
+# (``StationDB.ensure_indexes`` adds it to an existing database.)
+INDEXES = ("CREATE INDEX IF NOT EXISTS web_plants_time ON plants(survey_id, t, diseased, uncertain)",)
+# "No condition" in a form both databases take (PostgreSQL has no integer truth values).
+ALL = "1=1"
 
 
-def connect_readonly(path: str | Path) -> sqlite3.Connection:
-    """A connection for pages and exports: cannot write, waits briefly for a busy writer."""
-    # Autocommit: no implicit transaction can pin an old snapshot and hide new records.
-    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA query_only = ON")
-    conn.execute("PRAGMA busy_timeout = 5000")
-    return conn
-
-
-def ensure_indexes(conn: sqlite3.Connection) -> None:
-    """Add the dashboard's indexes to an existing station database (idempotent)."""
-    with conn:
-        for sql in _INDEXES:
-            conn.execute(sql)
-
-
-def survey_exists(conn: sqlite3.Connection, survey_id: str) -> bool:
+def survey_exists(conn: Connection, survey_id: str) -> bool:
     """Whether any plant, row summary or heartbeat names this survey (three index lookups)."""
     return conn.execute(
         "SELECT EXISTS(SELECT 1 FROM plants WHERE survey_id = ?) OR EXISTS(SELECT 1 FROM row_summaries "
@@ -42,23 +32,23 @@ def survey_exists(conn: sqlite3.Connection, survey_id: str) -> bool:
     ).fetchone()[0] == 1
 
 
-def flagged(conn: sqlite3.Connection, survey_id: str, *, limit: int = 60, offset: int = 0,
-            where: str = "1", params: tuple = ()) -> list[sqlite3.Row]:
+def flagged(conn: Connection, survey_id: str, *, limit: int = 60, offset: int = 0,
+            where: str = ALL, params: tuple = ()) -> list:
     """Diseased and uncertain plants that came with a thumbnail, newest first (``where``:
     a :class:`PlantFilter` condition)."""
     return conn.execute(
         "SELECT p.record_id, p.plant_id, p.label, p.confidence, p.row, p.metre, p.lat, p.lon, p.t, p.uncertain "
         "FROM plants p JOIN thumbnails th ON th.record_id = p.record_id "
-        f"WHERE p.survey_id = ? AND (p.diseased OR p.uncertain) AND {where} ORDER BY p.t DESC LIMIT ? OFFSET ?",
+        f"WHERE p.survey_id = ? AND (p.diseased = 1 OR p.uncertain = 1) AND {where} ORDER BY p.t DESC LIMIT ? OFFSET ?",
         (survey_id, *params, limit, offset),
     ).fetchall()
 
 
-def iter_plants(conn: sqlite3.Connection, survey_id: str) -> Iterator[sqlite3.Row]:
+def iter_plants(conn: Connection, survey_id: str) -> Iterator:
     """Every plant of a survey in survey order, streamed (exports, not pages)."""
-    yield from conn.execute(
+    yield from stream(conn, 
         "SELECT record_id, robot_id, survey_id, plant_id, t, label, class_index, confidence, diseased, "
-        "uncertain, row, metre, lat, lon, frames FROM plants WHERE survey_id = ? ORDER BY t, plant_id",
+        "uncertain, row, metre, lat, lon, frames FROM plants WHERE survey_id = ? ORDER BY t, plant_id, record_id",
         (survey_id,),
     )
 
@@ -112,7 +102,7 @@ class PlantFilter:
         return {f.name: str(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
 
     def sql(self) -> tuple[str, tuple]:
-        """An SQL condition on ``plants`` and its parameters ("1" when nothing is filtered)."""
+        """An SQL condition on ``plants`` and its parameters (``ALL`` when nothing is filtered)."""
         terms, params = [], []
 
         def day_start(d: date) -> float:
@@ -131,31 +121,31 @@ class PlantFilter:
             terms.append("row <= ?"), params.append(self.row_max)
         if self.confidence_min is not None:
             terms.append("confidence >= ?"), params.append(self.confidence_min)
-        return (" AND ".join(terms) or "1"), tuple(params)
+        return (" AND ".join(terms) or ALL), tuple(params)
 
 
-def plants_in_view(conn: sqlite3.Connection, survey_id: str, *, row_min: int, row_max: int, metre_min: float,
-                   metre_max: float, where: str = "1", params: tuple = (), limit: int = 2000) -> list[dict]:
+def plants_in_view(conn: Connection, survey_id: str, *, row_min: int, row_max: int, metre_min: float,
+                   metre_max: float, where: str = ALL, params: tuple = (), limit: int = 2000) -> list[dict]:
     """The plants of rows ``row_min``..``row_max`` between two metres (the map's view), at most
     ``limit`` (the survey index ``plants_survey`` covers the range)."""
     return _points(conn, f"p.row BETWEEN ? AND ? AND p.metre BETWEEN ? AND ? AND {where}",
                    (survey_id, row_min, row_max, metre_min, metre_max, *params), limit)
 
 
-def plants_in_area(conn: sqlite3.Connection, survey_id: str, *, lat_min: float, lat_max: float, lon_min: float,
-                   lon_max: float, where: str = "1", params: tuple = (), limit: int = 2000) -> list[dict]:
+def plants_in_area(conn: Connection, survey_id: str, *, lat_min: float, lat_max: float, lon_min: float,
+                   lon_max: float, where: str = ALL, params: tuple = (), limit: int = 2000) -> list[dict]:
     """The plants inside a latitude/longitude box (the GPS map's view), at most ``limit``."""
     return _points(conn, f"p.lat BETWEEN ? AND ? AND p.lon BETWEEN ? AND ? AND {where}",
                    (survey_id, lat_min, lat_max, lon_min, lon_max, *params), limit)
 
 
-def flagged_points(conn: sqlite3.Connection, survey_id: str, *, limit: int = 5000) -> list[dict]:
+def flagged_points(conn: Connection, survey_id: str, *, limit: int = 5000) -> list[dict]:
     """Diseased and uncertain plants with a place in a row (the report's map points)."""
-    return _points(conn, "(p.diseased OR p.uncertain) AND p.row IS NOT NULL AND p.metre IS NOT NULL",
+    return _points(conn, "(p.diseased = 1 OR p.uncertain = 1) AND p.row IS NOT NULL AND p.metre IS NOT NULL",
                    (survey_id,), limit)
 
 
-def _points(conn: sqlite3.Connection, where: str, params: tuple, limit: int) -> list[dict]:
+def _points(conn: Connection, where: str, params: tuple, limit: int) -> list[dict]:
     rows = conn.execute(
         "SELECT p.record_id, p.plant_id, p.robot_id, p.t, p.label, p.confidence, p.diseased, p.uncertain, p.row, "
         "p.metre, p.lat, p.lon, EXISTS(SELECT 1 FROM thumbnails th WHERE th.record_id = p.record_id) AS thumbnail FROM plants p "

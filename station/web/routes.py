@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import base64
 import json
-import sqlite3
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -25,7 +23,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
 from robot.records import PlantRecord, RecordError, parse_record_id, record_from_dict
+from station.db import StationDB
 from station.report import csv_lines, geojson_chunks, render_report
+
+from station.sql import Connection
 
 from . import queries, svg, views
 from .aggregates import filtered_summary
@@ -74,7 +75,7 @@ class BodyTooLarge(Exception):
         super().__init__(f"request body larger than {limit} bytes")
 
 
-def _known_survey(request: Request, survey_id: str) -> sqlite3.Connection:
+def _known_survey(request: Request, survey_id: str) -> Connection:
     conn = station_state(request).readers.get()
     if not queries.survey_exists(conn, survey_id):
         raise NotFound(f"unknown survey {survey_id!r}")
@@ -153,9 +154,9 @@ def _attachment(survey_id: str, suffix: str) -> dict[str, str]:
     return {"Content-Disposition": f"attachment; filename*=UTF-8''{quote(survey_id + suffix)}"}
 
 
-def _streamed(path: Path, chunks, survey_id: str):
+def _streamed(db: StationDB, chunks, survey_id: str):
     """Run an export generator on its own connection (the response outlives the request thread)."""
-    conn = queries.connect_readonly(path)
+    conn = db.reader()
     try:
         yield from chunks(conn, survey_id)
     finally:
@@ -165,14 +166,14 @@ def _streamed(path: Path, chunks, survey_id: str):
 @router.get("/surveys/{survey_id:anyid}/plants.csv", name="plants_csv")
 def plants_csv(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
     _known_survey(request, survey_id)
-    return StreamingResponse(_streamed(station_state(request).db.path, csv_lines, survey_id),
+    return StreamingResponse(_streamed(station_state(request).db, csv_lines, survey_id),
                              media_type="text/csv; charset=utf-8", headers=_attachment(survey_id, "_plants.csv"))
 
 
 @router.get("/surveys/{survey_id:anyid}/observations.geojson", name="observations_geojson")
 def observations_geojson(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
     _known_survey(request, survey_id)
-    return StreamingResponse(_streamed(station_state(request).db.path, geojson_chunks, survey_id),
+    return StreamingResponse(_streamed(station_state(request).db, geojson_chunks, survey_id),
                              media_type="application/geo+json",
                              headers=_attachment(survey_id, "_observations.geojson"))
 
