@@ -5,7 +5,9 @@ Debian's ``postgresql`` package puts ``initdb`` and ``pg_ctl`` under
 the server runs as the ``postgres`` system user (``runuser``), in a fresh directory under
 ``/tmp`` that holds the data directory and the unix socket. ``fast=True`` turns off
 fsync (tests: a crash loses nothing that matters); benchmarks keep PostgreSQL's defaults.
-``database()`` makes a new empty database and returns its URL.
+``database()`` makes a new empty database and returns its URL; ``replica()`` starts a
+hot-standby streaming replica of the whole server (``pg_basebackup -R``), as a farm's
+dashboard server would read from.
 """
 from __future__ import annotations
 
@@ -38,14 +40,16 @@ def find_pg_bin() -> Path | None:
 class PostgresServer:
     """``with PostgresServer() as pg: url = pg.database()``; stopped and removed on exit."""
 
-    def __init__(self, *, fast: bool = True, bin_dir: Path | None = None):
+    def __init__(self, *, fast: bool = True, bin_dir: Path | None = None, primary: "PostgresServer | None" = None):
         self.bin = bin_dir or find_pg_bin()
         if self.bin is None:
             raise PostgresServerError("PostgreSQL is not installed (apt-get install postgresql)")
         self.fast = fast
         self.port = free_port()
         self.dir: Path | None = None
+        self.primary = primary  # set on a replica: its data comes from pg_basebackup of this server
         self._names = itertools.count(1)
+        self._replicas: list[PostgresServer] = []
 
     def _run(self, *argv: str) -> None:
         cmd = [str(self.bin / argv[0]), *argv[1:]]
@@ -60,8 +64,12 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
         data = self.dir / "data"
-        self._run("initdb", "-D", str(data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync",
-                  "--locale=C")
+        if self.primary is None:
+            self._run("initdb", "-D", str(data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--no-sync",
+                      "--locale=C")
+        else:  # a copy of the primary that follows its WAL (standby.signal, primary_conninfo)
+            self._run("pg_basebackup", "-d", f"host=127.0.0.1 port={self.primary.port} user={SUPERUSER}",
+                      "-D", str(data), "-R", "--no-sync", "-X", "stream")
         settings = {"listen_addresses": "'127.0.0.1'", "port": str(self.port),
                     "unix_socket_directories": f"'{self.dir}'", "shared_buffers": "'32MB'",
                     "max_connections": "200"}
@@ -84,7 +92,26 @@ class PostgresServer:
             conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 STRATEGY FILE_COPY')
         return self.url(name)
 
+    def replica(self) -> "PostgresServer":
+        """Start a hot-standby replica of this server (stopped with it); its ``url(name)``
+        reads the same databases, a moment behind."""
+        replica = PostgresServer(fast=self.fast, bin_dir=self.bin, primary=self).start()
+        self._replicas.append(replica)
+        return replica
+
+    def caught_up(self, replica: "PostgresServer") -> bool:
+        """Whether ``replica`` has replayed everything this server has written so far."""
+        import psycopg
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            lsn = conn.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]
+        with psycopg.connect(replica.url(), autocommit=True) as conn:
+            return conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (lsn,)).fetchone()[0]
+
     def stop(self) -> None:
+        for replica in self._replicas:
+            replica.stop()
+        self._replicas.clear()
         if self.dir is None:
             return
         try:
