@@ -121,3 +121,17 @@ def test_condition_lists_are_parsed_and_checked() -> None:
         FieldConfig(conditions=("fog",))
     src = SimSource.from_spec("rows=1,length=1.5,conditions=straw+noise")
     assert src.simulator.config.conditions == ("straw", "noise")
+
+
+def test_cli_simulate_conditions(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from leafscout.cli import main
+
+    out = tmp_path / "field"
+    assert main(["simulate", "--out", str(out), "--rows", "1", "--row-length", "1.5", "--conditions",
+                 "straw,weeds,white-balance"]) == 0
+    truth = json.loads((out / "truth.json").read_text())
+    assert truth["config"]["conditions"] == ["straw", "weeds", "white-balance"]
+    assert main(["simulate", "--out", str(tmp_path / "bad"), "--conditions", "fog"]) == 2
+    assert "unknown condition 'fog'" in capsys.readouterr().err
