@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "deploy.cli",
     "robot.cli",
     "robot.bundle_cli",
+    "robot.service_cli",
     "station.cli",
     "station.report_cli",
     "station.web.users_cli",

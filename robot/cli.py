@@ -65,7 +65,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gps", default=None,
                    help="GPS: a pyserial URL (/dev/ttyUSB0, a pty, loop://) or a recorded NMEA file; "
                    "the simulator source needs none")
-    p.add_argument("--baud", type=int, default=9600, help="GPS serial speed (default 9600)")
+    p.add_argument("--baud", type=int, default=115200,
+                   help="GPS serial speed (default 115200: 10 Hz GGA+RMC does not fit in 9600)")
+    p.add_argument("--gps-max-age", type=float, default=0.5, metavar="S",
+                   help="a GPS fix older than this is stale: plants get no position from it, flagged, and a "
+                   "live run fills it in from the fixes around the dropout once they return (default 0.5)")
+    p.add_argument("--status-file", type=Path, default=None,
+                   help="where the run keeps its status for `leafscout status` (default for live runs: "
+                   "status.json in the state directory)")
     p.add_argument("--field", type=Path, default=None,
                    help="field.json row geometry to map GPS to row and metre (default: field.json beside "
                    "a recorded --gps file, if there is one)")
@@ -215,7 +222,7 @@ def _positions(args: argparse.Namespace, stack: Any) -> Any:
         field_path = gps_path.parent / "field.json"
     field = FieldGeometry.load(field_path) if field_path is not None else None
     gps = NmeaLog(gps_path) if recorded else stack.enter_context(GpsReader(args.gps, baudrate=args.baud))
-    return GpsPosition(gps, field)
+    return GpsPosition(gps, field, max_age_s=args.gps_max_age)
 
 
 def _providers(arg: str | None) -> list[str]:
@@ -275,6 +282,7 @@ def _run(args: argparse.Namespace) -> int:
             config = RuntimeConfig(robot_id=args.robot_id, survey_id=args.survey, crop_fill=args.crop_fill, **vision)
             sinks = build_sinks(args, stack)
             runtime = Runtime(capture, classifier, store, positions=positions, sinks=sinks, config=config)
+            _add_monitors(runtime, args, bundle)
             if args.annotate is not None:
                 from .annotate import VideoAnnotator
 
@@ -303,6 +311,20 @@ def _run(args: argparse.Namespace) -> int:
             print(f"  row {r['row']}: incidence {r['incidence']:.3f} vs true {r['incidence_truth']:.3f} "
                   f"({r['error_points']:+.1f} points), {r['plants']}/{r['plants_truth']} plants")
     return _damage_status(report)
+
+
+def _add_monitors(runtime: Any, args: argparse.Namespace, bundle: Any) -> None:
+    """The status file (live runs, or --status-file) and sd_notify (under systemd) follow the loop."""
+    from .bundle_store import describe
+    from .sdnotify import SdNotifier
+    from .status import StatusFile, default_status_path
+
+    runtime.bundle_version = describe(bundle)
+    if args.status_file is not None or runtime.capture.live:
+        runtime.monitors.append(StatusFile(args.status_file or default_status_path(args.robot_id, args.state_dir)))
+    notifier = SdNotifier()
+    if notifier.socket_path:
+        runtime.monitors.append(notifier)
 
 
 def _damage_status(report: dict[str, Any]) -> int:

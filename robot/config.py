@@ -50,6 +50,7 @@ class GpsSection:
     port: str | None = None  # --gps: a pyserial URL or a recorded NMEA file
     baud: int | None = None  # --baud
     field: str | None = None  # --field: field.json row geometry
+    max_age_s: float | None = None  # --gps-max-age: older fixes are stale
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ def _runtime_default_white_balance() -> WhiteBalance:
 
 RUN_FLAGS: dict[tuple[str, str], str] = {
     ("camera", "source"): "camera", ("camera", "live"): "live", ("camera", "threads"): "threads",
-    ("gps", "port"): "gps", ("gps", "baud"): "baud", ("gps", "field"): "field",
+    ("gps", "port"): "gps", ("gps", "baud"): "baud", ("gps", "field"): "field", ("gps", "max_age_s"): "gps_max_age",
     ("serial", "port"): "serial", ("serial", "baud"): "serial_baud",
     ("mqtt", "url"): "mqtt", ("mqtt", "outbox"): "outbox", ("mqtt", "hmac_key_file"): "hmac_key_file",
     ("mqtt", "password_file"): "password_file", ("mqtt", "state_dir"): "state_dir",

@@ -8,6 +8,7 @@ recorded log: positions are then looked up by stream time, so replays are exact.
 """
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import json
 import logging
@@ -28,6 +29,13 @@ from .camera import Frame
 __all__ = [
     "GpsError",
     "Fix",
+    "FIX",
+    "STALE",
+    "INTERPOLATED",
+    "NO_FIX",
+    "FIX_STATES",
+    "DEFAULT_MAX_AGE_S",
+    "DEFAULT_BAUD",
     "Position",
     "NmeaCounters",
     "NmeaParser",
@@ -61,15 +69,32 @@ class Fix:
     sats: int | None = None
 
 
+# How a position was known (``Position.fix``, ``PlantRecord.fix``, ``Heartbeat.gps``):
+FIX = "fix"  # a fix no older than the configured age (``max_age_s``)
+STALE = "stale"  # the newest fix is older than that: no position is given (it would be the wrong row)
+INTERPOLATED = "interpolated"  # a dropout: between the fixes around it, once they came back
+NO_FIX = "none"  # no fix at all (or none around it in a recording)
+FIX_STATES = (FIX, STALE, INTERPOLATED, NO_FIX)
+DEFAULT_MAX_AGE_S = 0.5  # 5 sentences of a 10 Hz receiver: a plant is ~0.5 m away at 1 m/s
+DEFAULT_BAUD = 115200  # 10 Hz GGA+RMC is ~1.5 kB/s: 9600 baud (960 B/s) cannot carry it
+
+
 @dataclass(frozen=True)
 class Position:
-    """What a plant record needs to know about where it was seen."""
+    """What a plant record needs to know about where it was seen, and how well that is known."""
 
     t: float | None = None
     lat: float | None = None
     lon: float | None = None
     row: int | None = None
     metre: float | None = None
+    fix: str | None = None  # one of FIX_STATES; None where no GPS is used (simulator positions, none)
+    quality: int | None = None  # GGA fix quality (1 GPS, 2 DGPS, 4 RTK fixed, 5 RTK float)
+    age_s: float | None = None  # age of the fix when the frame was taken
+
+    @property
+    def known(self) -> bool:
+        return self.fix in (FIX, INTERPOLATED) or (self.fix is None and self.lat is not None)
 
 
 @dataclass
@@ -87,6 +112,7 @@ class NmeaParser:
     def __init__(self) -> None:
         self.counters = NmeaCounters()
         self._date: dt.date | None = None
+        self._quality = 1  # RMC carries no quality: it keeps the last GGA's (RTK stays RTK)
 
     def feed(self, line: bytes | str) -> Fix | None:
         text = line.decode("ascii", "replace") if isinstance(line, bytes) else line
@@ -115,12 +141,13 @@ class NmeaParser:
                 if msg.status != "A":
                     self.counters.no_fix += 1
                     return None
-                return Fix(msg.latitude, msg.longitude, self._unix(msg.timestamp))
+                return Fix(msg.latitude, msg.longitude, self._unix(msg.timestamp), self._quality)
             if isinstance(msg, pynmea2.GGA):
                 if not msg.gps_qual or int(msg.gps_qual) == 0:
                     self.counters.no_fix += 1
                     return None
                 sats = int(msg.num_sats) if msg.num_sats else None
+                self._quality = int(msg.gps_qual)
                 return Fix(msg.latitude, msg.longitude, self._unix(msg.timestamp), int(msg.gps_qual), sats)
         except (TypeError, ValueError):  # empty or malformed fields in a sentence with a valid checksum
             self.counters.garbage += 1
@@ -137,13 +164,16 @@ class NmeaParser:
 class GpsReader:
     """Reads NMEA from a serial URL in a thread; ``latest()`` is the newest fix. Use with ``with``."""
 
-    def __init__(self, url: str, *, baudrate: int = 9600, timeout: float = 0.2) -> None:
+    def __init__(self, url: str, *, baudrate: int = DEFAULT_BAUD, timeout: float = 0.2,
+                 history_s: float = 120.0) -> None:
         self.url = url
         self.baudrate = baudrate
         self.timeout = timeout
         self.parser = NmeaParser()
         self._fix: Fix | None = None
         self._fix_mono = 0.0
+        self._history: collections.deque[tuple[float, Fix]] = collections.deque()  # (time.time() received, fix)
+        self._history_s = history_s
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._port: serial.SerialBase | None = None
@@ -190,8 +220,12 @@ class GpsReader:
                 continue
             fix = self.parser.feed(line)
             if fix is not None:
+                now = time.time()
                 with self._cond:
                     self._fix, self._fix_mono = fix, time.monotonic()
+                    self._history.append((now, fix))
+                    while self._history and self._history[0][0] < now - self._history_s:
+                        self._history.popleft()
                     self._cond.notify_all()
 
     def latest(self, max_age_s: float | None = None) -> Fix | None:
@@ -200,6 +234,23 @@ class GpsReader:
             if self._fix is None or (max_age_s is not None and time.monotonic() - self._fix_mono > max_age_s):
                 return None
             return self._fix
+
+    def newest(self) -> tuple[Fix, float] | None:
+        """The newest fix and its age in seconds (by the monotonic clock), or None."""
+        with self._cond:
+            return None if self._fix is None else (self._fix, time.monotonic() - self._fix_mono)
+
+    def around(self, t: float) -> tuple[Fix, float, Fix, float] | None:
+        """The fixes received just before and just after robot-clock time ``t`` (with their receipt
+        times), or None while no fix after ``t`` has come yet (a dropout still going on)."""
+        with self._cond:
+            history = list(self._history)
+        before = [h for h in history if h[0] <= t]
+        after = [h for h in history if h[0] > t]
+        if not before or not after:
+            return None
+        (t0, f0), (t1, f1) = before[-1], after[0]
+        return f0, t0, f1, t1
 
     def wait_for_fix(self, timeout: float, *, newer_than: Fix | None = None) -> Fix:
         """Block until a fix (other than ``newer_than``) arrives; ``GpsError`` after ``timeout`` s."""
@@ -211,7 +262,8 @@ class GpsReader:
 
 
 class NmeaLog:
-    """A recorded NMEA file; ``at(t)`` interpolates the fix ``t`` seconds after the first one."""
+    """A recorded NMEA file; ``at(t)`` interpolates the fix ``t`` seconds after the first one,
+    ``gap(t)`` is how far ``t`` lies from the nearest recorded fix (a dropout in the log)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -238,11 +290,20 @@ class NmeaLog:
         self._t = np.array([f.t - self.start for f in self.fixes])
         self._lat = np.array([f.lat for f in self.fixes])
         self._lon = np.array([f.lon for f in self.fixes])
+        self._quality = np.array([f.quality for f in self.fixes])
 
     def at(self, t: float) -> Fix:
+        i = min(int(np.searchsorted(self._t, t)), len(self._t) - 1)
         return Fix(
-            float(np.interp(t, self._t, self._lat)), float(np.interp(t, self._t, self._lon)), self.start + t
+            float(np.interp(t, self._t, self._lat)), float(np.interp(t, self._t, self._lon)), self.start + t,
+            int(self._quality[i]),
         )
+
+    def gap(self, t: float) -> tuple[float, bool]:
+        """(seconds to the nearest fix, whether ``t`` lies between two fixes)."""
+        i = int(np.searchsorted(self._t, t))
+        near = min(abs(self._t[j] - t) for j in (i - 1, i) if 0 <= j < len(self._t))
+        return float(near), 0 < i < len(self._t)
 
 
 def format_fix(lat: float, lon: float, t: float, *, speed_m_s: float = 0.0, course_deg: float = 0.0) -> list[str]:
@@ -344,19 +405,62 @@ class FramePosition:
 
 
 class GpsPosition:
-    """Positions from a live GPS reader or a recorded NMEA log, mapped to rows by a field geometry."""
+    """Positions from a live GPS reader or a recorded NMEA log, mapped to rows by a field geometry.
 
-    def __init__(self, gps: GpsReader | NmeaLog, field: FieldGeometry | None = None, *, max_age_s: float = 2.0):
+    A fix older than ``max_age_s`` is stale: the position is then left unknown (flagged
+    ``STALE``, or ``NO_FIX`` before the first fix) rather than put in the row the robot has
+    left. ``fill(position)`` later turns such a position into one interpolated between the
+    fixes around it, once the GPS is back (live); a recording's gaps are interpolated at once.
+    """
+
+    def __init__(self, gps: GpsReader | NmeaLog, field: FieldGeometry | None = None, *,
+                 max_age_s: float = DEFAULT_MAX_AGE_S):
+        if max_age_s <= 0:
+            raise GpsError(f"the GPS max fix age must be > 0 s, got {max_age_s}")
         self.gps = gps
         self.field = field
         self.max_age_s = max_age_s
+        self.last: Position = Position(fix=NO_FIX)  # for heartbeats and the status file
 
     def locate(self, frame: Frame) -> Position:
-        fix = self.gps.at(frame.t) if isinstance(self.gps, NmeaLog) else self.gps.latest(self.max_age_s)
-        if fix is None:
-            return Position()
+        if isinstance(self.gps, NmeaLog):
+            self.last = self._recorded(frame.t)
+            return self.last
+        newest = self.gps.newest()
+        if newest is None:
+            self.last = Position(t=frame.t, fix=NO_FIX)
+        elif newest[1] > self.max_age_s:
+            self.last = Position(t=frame.t, fix=STALE, quality=newest[0].quality, age_s=round(newest[1], 3))
+        else:
+            self.last = self._position(newest[0], FIX, round(newest[1], 3))
+        return self.last
+
+    def _recorded(self, t: float) -> Position:
+        fix = self.gps.at(t)
+        distance, inside = self.gps.gap(t)
+        if distance <= self.max_age_s:
+            return self._position(fix, FIX, round(distance, 3))
+        if inside:
+            return self._position(fix, INTERPOLATED, round(distance, 3))
+        return Position(t=fix.t, fix=NO_FIX)
+
+    def _position(self, fix: Fix, state: str, age_s: float | None) -> Position:
         row, metre = self.field.locate(fix.lat, fix.lon) if self.field else (None, None)
-        return Position(fix.t, fix.lat, fix.lon, row, metre)
+        return Position(fix.t, fix.lat, fix.lon, row, metre, state, fix.quality, age_s)
+
+    def fill(self, where: Position) -> Position | None:
+        """A live position lost in a dropout, interpolated between the fixes received around its time
+        (``where.t``, the robot's clock); None while the GPS has not come back yet."""
+        if where.known or where.t is None or isinstance(self.gps, NmeaLog):
+            return where
+        around = self.gps.around(where.t)
+        if around is None:
+            return None
+        f0, t0, f1, t1 = around
+        w = (where.t - t0) / (t1 - t0) if t1 > t0 else 0.0
+        fix = Fix(f0.lat + w * (f1.lat - f0.lat), f0.lon + w * (f1.lon - f0.lon), f0.t + w * (f1.t - f0.t),
+                  min(f0.quality, f1.quality))
+        return self._position(fix, INTERPOLATED, round(min(where.t - t0, t1 - where.t), 3))
 
 
 def write_nmea_log(path: str | os.PathLike, sentences: Iterable[str]) -> Path:

@@ -43,7 +43,9 @@ _RANGES: dict[str, tuple[float, float]] = {
     "row": (0, MAX_COUNT), "plants": (0, MAX_COUNT), "diseased": (0, MAX_COUNT), "uncertain": (0, MAX_COUNT),
     "queue_depth": (0, MAX_COUNT), "dropped": (0, MAX_COUNT), "confidence": _UNIT, "incidence": _UNIT, "ci_lo": _UNIT, "ci_hi": _UNIT,
     "lat": (-90.0, 90.0), "lon": (-180.0, 180.0), "fps": (0.0, 1e6), "metre": (-1e7, 1e7),
+    "fix_quality": (0, 99), "fix_age_s": (0.0, 1e9),
 }
+FIX_VALUES = ("fix", "stale", "interpolated", "none")  # how a position was known (robot.gps.FIX_STATES)
 _IDS = ("robot_id", "survey_id")
 
 
@@ -157,7 +159,7 @@ class PlantRecord(_Record):
     _types: ClassVar[dict] = {
         "robot_id": str, "survey_id": str, "plant_id": int, "t": _NUM, "label": str,
         "class_index": int, "confidence": _NUM, "frames": int, "row": int, "metre": _NUM,
-        "lat": _NUM, "lon": _NUM, "health": str,
+        "lat": _NUM, "lon": _NUM, "health": str, "fix": str, "fix_quality": int,
     }
     robot_id: str
     survey_id: str
@@ -174,10 +176,16 @@ class PlantRecord(_Record):
     # "healthy" | "diseased" | "uncertain", decided through the bundle's taxonomy; None in
     # records from robots before it (health then follows the class name).
     health: str | None = None
+    # How the position was known (FIX_VALUES): "stale" or "none" leave row/lat/lon empty, "interpolated"
+    # fills them from the fixes around a GPS dropout; None without a GPS. GGA fix quality with it.
+    fix: str | None = None
+    fix_quality: int | None = None
 
     def __post_init__(self) -> None:
         if self.health is not None and self.health not in HEALTH_VALUES:
             raise RecordError(f"PlantRecord.health must be one of {HEALTH_VALUES} or null, got {self.health!r}")
+        if self.fix is not None and self.fix not in FIX_VALUES:
+            raise RecordError(f"PlantRecord.fix must be one of {FIX_VALUES} or null, got {self.fix!r}")
 
     @property
     def diseased(self) -> bool:
@@ -217,6 +225,7 @@ class Heartbeat(_Record):
     _types: ClassVar[dict] = {
         "robot_id": str, "t": _NUM, "queue_depth": int, "frames": int, "fps": _NUM, "status": str,
         "survey_id": str, "lat": _NUM, "lon": _NUM, "row": int, "metre": _NUM, "dropped": int,
+        "gps": str, "fix_quality": int, "fix_age_s": _NUM, "links": str, "bundle": str,
     }
     robot_id: str
     t: float
@@ -230,6 +239,12 @@ class Heartbeat(_Record):
     row: int | None = None
     metre: float | None = None
     dropped: int | None = None  # records the robot lost so far (outbox full, unreadable, disk full)
+    # status is "degraded" when the GPS fix is stale or absent or a link is down (robot.status):
+    gps: str | None = None  # FIX_VALUES of the newest position; None without a GPS
+    fix_quality: int | None = None
+    fix_age_s: float | None = None
+    links: str | None = None  # e.g. "mqtt=up serial=down"
+    bundle: str | None = None  # the model bundle's version (robot.bundle_store)
 
 
 RECORD_TYPES: dict[str, type] = {c.kind: c for c in (PlantRecord, RowSummary, Heartbeat)}

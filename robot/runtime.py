@@ -9,6 +9,7 @@ enqueue. The report of a recording is reproducible: every key except ``timing_ms
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ from vision.white_balance import SOIL_BGR, WhiteBalance, apply_gains, balance_ga
 
 from .camera import Capture, Frame
 from .field_stats import FieldStats, wilson_interval
-from .gps import GpsReader, NmeaLog, Position, PositionSource
+from .gps import FIX, INTERPOLATED, NO_FIX, STALE, GpsReader, NmeaLog, Position, PositionSource
 from .records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
 from .survey_store import SurveyStore
 from .timing import StageTimer
@@ -57,6 +58,7 @@ class RuntimeConfig:
     crop_margin: float = 0.08
     crop_fill: int | None = None  # paint the soil around a leaf this grey before classifying (None: keep it)
     frame_timeout_s: float = 5.0  # live: heartbeat "no-camera" after this long without a frame
+    hold_unpositioned_s: float = 30.0  # live: plants counted in a GPS dropout wait this long for the fixes around it
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     localize: LocalizeConfig = field(default_factory=LocalizeConfig)
     # colour correction of crops before classifying: the frame's soil is mapped onto the soil the model knows
@@ -106,12 +108,20 @@ class Runtime:
         self._state = None
         self._gains = np.ones(3, np.float32)  # this frame's white balance
         self.annotator: Any = None  # optional: ``frame(image, detections, tracks, segmentation)`` after tracking
+        # optional: ``started(runtime)``, ``heartbeat(runtime, hb)``, ``stopped(runtime)`` (status file, sd_notify)
+        self.monitors: list[Any] = []
+        self.bundle_version: str | None = None  # shown in heartbeats and the status file
+        self.last_record: PlantRecord | None = None
+        self.fix_counts: dict[str, int] = {}  # counted plants by how their position was known
+        self._held: list[tuple[PlantRecord, bytes | None]] = []  # counted in a live GPS dropout
 
     # -- the loop --------------------------------------------------------------------
     def run(self, *, stop: threading.Event | None = None, max_frames: int | None = None) -> dict[str, Any]:
         stop = stop or threading.Event()
         self._state = self.store.open_survey(self.config.survey_id, self.config.robot_id)
         self._recover_counted()
+        for m in self.monitors:
+            m.started(self)
         self.timer.start_frame()
         while not stop.is_set() and (max_frames is None or self.frames < max_frames):
             try:
@@ -127,7 +137,11 @@ class Runtime:
             ended = self.tracker.flush()
             self._classify(None, -1, [], [t for t in ended if not t.votes and t.best_crop is not None])
             self._count(ended, self._last_where)
+        if self._held:  # the GPS never came back: stored with the position unknown, flagged
+            self._queue_counted(self._positioned([], final=True))
         self._summaries(force=True)
+        for m in self.monitors:
+            m.stopped(self)
         return self.report()
 
     def _next_frame(self, stop: threading.Event) -> Frame | None:
@@ -154,7 +168,7 @@ class Runtime:
             self.tracker = PlantTracker((image.shape[1], image.shape[0]), self.config.tracker)
         where = self.positions.locate(frame) if self.positions else Position(t=frame.t)
         if where.t is None:
-            where = Position(frame.t, where.lat, where.lon, where.row, where.metre)
+            where = dataclasses.replace(where, t=frame.t)
         self._last_where = where
         ended = self.tracker.update(detections, frame.index, where)
         if self.config.white_balance.enabled:
@@ -212,12 +226,15 @@ class Runtime:
                 round(decision.confidence, 6), track.frames, where.row,
                 None if where.metre is None else round(where.metre, 3), where.lat, where.lon,
                 health=decision.health,  # from the bundle's taxonomy, never from the class name
+                fix=where.fix, fix_quality=where.quality,
             )
             state.next_plant_id += 1
             thumb = None
             if (record.diseased or record.uncertain) and track.best_crop is not None:
                 thumb = _jpeg(track.best_crop, cfg.thumbnail_px)
             counted.append((record, thumb))
+        if counted or self._held:
+            counted = self._positioned(counted)
         if counted:
             self._queue_counted(counted)
         t = now.t if now.t is not None else 0.0
@@ -227,6 +244,31 @@ class Runtime:
         if self._next_heartbeat is None or t >= self._next_heartbeat:
             self._heartbeat(t)
             self._next_heartbeat = t + cfg.heartbeat_every_s
+
+    def _positioned(self, counted: list[tuple[PlantRecord, bytes | None]], *,
+                    final: bool = False) -> list[tuple[PlantRecord, bytes | None]]:
+        """Plants whose live GPS position was stale or absent wait (in order, at most
+        ``hold_unpositioned_s``) until fixes on both sides of their time arrive, and get the
+        interpolated position; after that, or at the end of the run, they go as they are (flagged)."""
+        fill = getattr(self.positions, "fill", None)
+        self._held.extend(counted)
+        out = []
+        while self._held:
+            record, thumb = self._held[0]
+            if fill is not None and record.fix in (STALE, NO_FIX):
+                where = fill(Position(t=record.t, fix=record.fix))
+                if where is None and not final and time.time() - record.t < self.config.hold_unpositioned_s:
+                    break  # the dropout goes on: later plants wait behind this one (ids stay in order)
+                if where is not None and where.fix == INTERPOLATED:
+                    record = dataclasses.replace(
+                        record, row=where.row, metre=None if where.metre is None else round(where.metre, 3),
+                        lat=where.lat, lon=where.lon, fix=INTERPOLATED, fix_quality=where.quality)
+            self._held.pop(0)
+            out.append((record, thumb))
+        for record, _ in out:
+            key = record.fix or "none"
+            self.fix_counts[key] = self.fix_counts.get(key, 0) + 1
+        return out
 
     def _summaries(self, force: bool = False) -> None:
         stats: FieldStats = self._state.stats
@@ -242,8 +284,20 @@ class Runtime:
         depth = sum(int(getattr(s, "queue_depth", 0) or 0) for s in self.sinks)
         dropped = sum(int(getattr(s, "dropped", 0) or 0) for s in self.sinks)
         fps = 1000.0 / self.timer.mean_ms()["total"] if self.timer.frames else 0.0
-        self._submit(Heartbeat(self.config.robot_id, float(t), depth, self.frames, round(fps, 2), status,
-                               self.config.survey_id, w.lat, w.lon, w.row, w.metre, dropped))
+        from .status import link_states
+
+        links = link_states(self.sinks)
+        gps = getattr(self.positions, "last", None)  # a GPS (not the simulator's positions)
+        if status == "ok" and (any(v != "up" for v in links.values()) or (gps is not None and gps.fix in (STALE, NO_FIX))):
+            status = "degraded"
+        hb = Heartbeat(self.config.robot_id, float(t), depth, self.frames, round(fps, 2), status,
+                       self.config.survey_id, w.lat, w.lon, w.row, w.metre, dropped,
+                       gps=gps.fix if gps is not None else None, fix_quality=gps.quality if gps is not None else None,
+                       fix_age_s=gps.age_s if gps is not None else None,
+                       links=" ".join(f"{k}={v}" for k, v in links.items()) or None, bundle=self.bundle_version)
+        self._submit(hb)
+        for m in self.monitors:
+            m.heartbeat(self, hb)
 
     def _recover_counted(self) -> None:
         """Plants a killed run queued but never wrote to the survey database (the outbox is the truth)."""
@@ -271,6 +325,7 @@ class Runtime:
                 for record, thumb in counted:
                     self._submit_to(sink, record, thumb)
         for record, _ in counted:
+            self.last_record = record
             self.store.add_plant(record)
             self._state.stats.add(record)
             self._dirty_rows.add(record.row)
@@ -323,6 +378,7 @@ class Runtime:
         }
         if self.positions is not None and isinstance(getattr(self.positions, "gps", None), (GpsReader, NmeaLog)):
             rep["gps"] = vars(self.positions.gps.counters).copy()
+            rep["gps"]["plants_by_fix"] = {k: self.fix_counts.get(k, 0) for k in (FIX, INTERPOLATED, STALE, NO_FIX)}
         if self.capture.live:
             lags = np.array(self.lags or [0.0]) * 1000
             rep["live"] = {"max_lag_ms": round(float(lags.max()), 2), "mean_lag_ms": round(float(lags.mean()), 2),

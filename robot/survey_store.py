@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS plants (
     lat REAL,
     lon REAL,
     health TEXT,
+    fix TEXT,
+    fix_quality INTEGER,
     PRIMARY KEY (survey_id, plant_id)
 );
 """
@@ -79,9 +81,11 @@ class SurveyStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(plants)")}
-            if "health" not in columns:  # a survey database from before health came from the taxonomy
-                with self._db:
-                    self._db.execute("ALTER TABLE plants ADD COLUMN health TEXT")
+            # a survey database from before health came from the taxonomy, or before GPS fix flags
+            for name, kind in (("health", "TEXT"), ("fix", "TEXT"), ("fix_quality", "INTEGER")):
+                if name not in columns:
+                    with self._db:
+                        self._db.execute(f"ALTER TABLE plants ADD COLUMN {name} {kind}")
         except sqlite3.Error as e:
             raise SurveyStoreError(f"cannot open survey database {self.path}: {e}") from e
 

@@ -95,3 +95,67 @@ def test_gps_position_gives_row_and_metre_per_frame(tmp_path: Path) -> None:
     (tmp_path / "gps.nmea").write_text("\r\n".join(lines) + "\r\n")
     pos = GpsPosition(NmeaLog(tmp_path / "gps.nmea"), field).locate(Frame(None, 25, 2.5))
     assert pos.row == 1 and pos.metre == pytest.approx(2.5, abs=0.01) and pos.t == pytest.approx(T0 + 2.5, abs=0.01)
+
+
+# -- stale fixes and dropouts --------------------------------------------------------------
+def _send(master: int, lat: float, lon: float, t: float) -> None:
+    os.write(master, "".join(s + "\r\n" for s in format_fix(lat, lon, t)).encode())
+
+
+def test_live_dropout_is_flagged_stale_then_interpolated_when_fixes_return(pty_pair) -> None:
+    import time
+
+    from robot.gps import FIX, INTERPOLATED, NO_FIX, STALE
+
+    master, port = pty_pair
+    field = FieldGeometry((48.0, 11.0), 90.0, 1.5, rows=2, row_length_m=10.0)
+    with GpsReader(port) as gps:
+        assert gps.baudrate == 115200  # 10 Hz GGA+RMC does not fit in 9600 baud
+        where = GpsPosition(gps, field, max_age_s=0.05)
+        assert where.locate(Frame(None, 0, time.time())).fix == NO_FIX  # nothing received yet
+        _send(master, *field.to_latlon(1, 1.0), T0)
+        first = gps.wait_for_fix(timeout=5)
+        while first.quality != 4:  # RMC first (quality unknown yet), then GGA: RTK fixed
+            first = gps.wait_for_fix(timeout=5, newer_than=first)
+        fresh = where.locate(Frame(None, 1, time.time()))
+        if fresh.fix == FIX:  # on a loaded machine the fix may already be older than 50 ms: then stale
+            assert fresh.row == 1 and fresh.quality == 4 and fresh.age_s <= 0.05
+        deadline = time.monotonic() + 10
+        while (lost := where.locate(Frame(None, 2, time.time()))).fix != STALE:  # the receiver went quiet
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert lost.lat is None and lost.row is None and lost.age_s >= 0.05 and lost.quality == 4
+        assert where.fill(lost) is None  # the dropout goes on: nothing to interpolate from yet
+        _send(master, *field.to_latlon(1, 3.0), T0 + 2.0)
+        newer = gps.wait_for_fix(timeout=5, newer_than=first)
+        while newer.t == first.t:
+            newer = gps.wait_for_fix(timeout=5, newer_than=newer)
+        filled = where.fill(lost)
+    assert filled.fix == INTERPOLATED and filled.row == 1 and 1.0 <= filled.metre <= 3.0
+
+
+def test_recorded_dropout_flags_the_records(tmp_path: Path) -> None:
+    """A 2 s gap in a recorded NMEA log: plants seen in it are stored interpolated, the others with a fix."""
+    import sqlite3
+
+    from leafscout.cli import main
+    from robot.simulate import FieldConfig, simulate_run
+
+    run = simulate_run(tmp_path / "field", FieldConfig(rows=1, row_length_m=4.0, lines=1, fps=20.0, seed=2))
+    lines = (run / "gps.nmea").read_text().splitlines()
+    start = NmeaLog(run / "gps.nmea").start
+    parser = NmeaParser()
+    kept = [ln for ln in lines if (f := parser.feed(ln)) is None or not 1.0 < f.t - start < 3.0]
+    assert len(kept) < len(lines)
+    (run / "gps.nmea").write_text("\r\n".join(kept) + "\r\n")
+    report = tmp_path / "report.json"
+    assert main(["run", "--camera", str(run / "field.avi"), "--gps", str(run / "gps.nmea"), "--db",
+                 str(tmp_path / "survey.db"), "--report", str(report), "--threads", "1"]) == 0
+    with sqlite3.connect(tmp_path / "survey.db") as db:
+        plants = db.execute("SELECT t, fix, fix_quality, row, lat FROM plants ORDER BY plant_id").fetchall()
+    by_fix = __import__("json").loads(report.read_text())["gps"]["plants_by_fix"]
+    assert by_fix["interpolated"] >= 1 and by_fix["fix"] >= 1 and sum(by_fix.values()) == len(plants)
+    for t, fix, quality, row, lat in plants:
+        assert quality == 4 and row == 0 and lat is not None
+        gap = 1.5 <= t - start <= 2.5
+        assert fix == ("interpolated" if gap else "fix") or (1.0 < t - start < 3.0)  # edges: either
