@@ -91,3 +91,29 @@ def test_detect_reports_missing_inputs(tiny_bundle: Path, tmp_path: Path, capsys
     rc = main(["detect", str(tmp_path / "nope.jpg"), "--bundle", str(tiny_bundle), "--json", str(tmp_path / "o.json")])
     assert rc == 2 and "no such image or folder" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+
+
+class FakeClassifier:
+    """Test double of LeafClassifier: the first crop is background, the rest a plant of class 1."""
+
+    classes = ["background", "Leaf___healthy"]
+
+    def classify(self, crops):
+        from vision.classifier import Prediction
+
+        return [Prediction(-1, 0.9, 0, "background", 0.9) if i == 0 else Prediction(1, 0.8, 1, "healthy", 0.8)
+                for i in range(len(crops))]
+
+    def health(self, pred) -> str:
+        return pred.health
+
+
+def test_the_classifiers_health_decides_background(images: dict) -> None:
+    from training.data import read_image
+    from vision.detect import Detector
+
+    found = Detector(FakeClassifier())(read_image(images["three"][0]))
+    assert [d.health for d in found.detections] == ["background", "healthy", "healthy"]
+    assert found.detections[0].to_json()["class"] == "background" and found.mask is None
+    boxes_only = Detector(None)(read_image(images["three"][0]), mask=True)
+    assert [d.health for d in boxes_only.detections] == ["uncertain"] * 3 and boxes_only.mask.shape == (480, 640)
