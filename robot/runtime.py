@@ -114,6 +114,7 @@ class Runtime:
         self.last_record: PlantRecord | None = None
         self.fix_counts: dict[str, int] = {}  # counted plants by how their position was known
         self._held: list[tuple[PlantRecord, bytes | None]] = []  # counted in a live GPS dropout
+        self._camera_incidents = 0
 
     # -- the loop --------------------------------------------------------------------
     def run(self, *, stop: threading.Event | None = None, max_frames: int | None = None) -> dict[str, Any]:
@@ -288,7 +289,11 @@ class Runtime:
 
         links = link_states(self.sinks)
         gps = getattr(self.positions, "last", None)  # a GPS (not the simulator's positions)
-        if status == "ok" and (any(v != "up" for v in links.values()) or (gps is not None and gps.fix in (STALE, NO_FIX))):
+        cam = self.capture.stats
+        incidents = cam.stalls + cam.freezes + cam.disconnects  # the camera failed since the last heartbeat
+        camera_bad, self._camera_incidents = incidents > self._camera_incidents, incidents
+        if status == "ok" and (camera_bad or any(v != "up" for v in links.values())
+                               or (gps is not None and gps.fix in (STALE, NO_FIX))):
             status = "degraded"
         hb = Heartbeat(self.config.robot_id, float(t), depth, self.frames, round(fps, 2), status,
                        self.config.survey_id, w.lat, w.lon, w.row, w.metre, dropped,
