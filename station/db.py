@@ -197,7 +197,8 @@ class StationDB:
             self._conn = self._open_postgres() if self.postgres else self._open_sqlite()
         except (sqlite3.DatabaseError, *self._pg_errors()) as e:
             raise StationDBError(f"cannot open station database {self.name!r}: {e}") from e
-        self._errors = sql.db_errors(self._conn)
+        # What a statement raises for database trouble (sqlite3.Error or psycopg.Error).
+        self.errors = sql.db_errors(self._conn)
         self._begin = ("BEGIN", f"SELECT pg_advisory_xact_lock({sql.WRITE_LOCK})") if self.postgres \
             else ("BEGIN IMMEDIATE",)
 
@@ -208,6 +209,14 @@ class StationDB:
         except sqlite3.OperationalError:
             pass
         return conn
+
+    def _reconnect(self) -> None:
+        """After the PostgreSQL server went away (restart, network), the next use opens a new
+        connection; the batch that failed stays unacknowledged, so robots resend it."""
+        if sql.is_broken(self._conn):
+            log.warning("station database %s: connection lost; reconnecting", self.name)
+            self._conn.close()
+            self._conn = sql.PgConnection(self.target)
 
     def _open_postgres(self) -> sql.PgConnection:
         conn = sql.PgConnection(self.target)
@@ -278,7 +287,7 @@ class StationDB:
                 c.execute("SAVEPOINT one_record")
                 try:
                     out.append(_insert_one(c, record_id, record, thumbnail, link, now))
-                except (*self._errors, ValueError, TypeError, OverflowError, KeyError) as e:
+                except (*self.errors, ValueError, TypeError, OverflowError, KeyError) as e:
                     # one record's problem (e.g. a value the database cannot hold) never sinks its batch
                     log.debug("record %r not stored: %s", record_id[:120], e)
                     c.execute("ROLLBACK TO SAVEPOINT one_record")
@@ -385,13 +394,15 @@ class StationDB:
         return survey_id, t0, math.nan if lat0 is None else lat0, math.nan if lon0 is None else lon0
 
     # -- reading -------------------------------------------------------------------
-    def _one(self, sql: str, args: tuple = ()) -> tuple | None:
+    def _one(self, query: str, args: tuple = ()) -> tuple | None:
         with self._lock:
-            return self._conn.execute(sql, args).fetchone()
+            self._reconnect()
+            return self._conn.execute(query, args).fetchone()
 
-    def _all(self, sql: str, args: tuple = ()) -> list[tuple]:
+    def _all(self, query: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
-            return self._conn.execute(sql, args).fetchall()
+            self._reconnect()
+            return self._conn.execute(query, args).fetchall()
 
     def has_record(self, record_id: str) -> bool:
         return self._one("SELECT 1 FROM received WHERE record_id=?", (record_id,)) is not None
@@ -492,11 +503,12 @@ class _Transaction:
     def __enter__(self) -> sql.Connection:
         self.db._lock.acquire()
         try:
+            self.db._reconnect()
             for statement in self.db._begin:
                 self.db._conn.execute(statement)
         except BaseException:
             try:
-                if self.db.postgres:  # BEGIN went through, the lock wait did not
+                if self.db.postgres and not sql.is_broken(self.db._conn):  # BEGIN went through, not the rest
                     self.db._conn.execute("ROLLBACK")
             finally:
                 self.db._lock.release()
@@ -505,7 +517,10 @@ class _Transaction:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            self.db._conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                self.db._conn.execute("COMMIT")
+            elif not sql.is_broken(self.db._conn):  # a lost connection rolled back by itself
+                self.db._conn.execute("ROLLBACK")
         finally:
             self.db._lock.release()
 

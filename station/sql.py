@@ -134,6 +134,11 @@ class PgConnection:
         with self._conn.cursor() as cur:
             yield from cur.stream(to_postgres(sql), _params(params), size=1000)
 
+    @property
+    def broken(self) -> bool:
+        """The server went away (restart, network): open a new connection."""
+        return self._conn.broken or self._conn.closed
+
     def in_recovery(self) -> bool:
         """True on a hot-standby replica (read-only: no schema changes)."""
         return bool(self._conn.execute("SELECT pg_is_in_recovery()").fetchone()[0])
@@ -150,6 +155,11 @@ def stream(conn: Connection, sql: str, params: tuple = ()) -> Iterator:
     if isinstance(conn, PgConnection):
         return conn.stream(sql, params)
     return iter(conn.execute(sql, params))
+
+
+def is_broken(conn: Connection) -> bool:
+    """Whether ``conn`` lost its server (PostgreSQL only; a SQLite file cannot go away)."""
+    return isinstance(conn, PgConnection) and conn.broken
 
 
 def db_errors(conn: Connection) -> tuple[type[BaseException], ...]:

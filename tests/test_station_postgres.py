@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import require_binary
+from conftest import require_binary, require_postgres
 from robot.mqtt_link import topic
 from robot.records import PlantRecord
 from station.broker import Broker
@@ -172,3 +172,33 @@ def test_statements_are_translated_once_for_postgres(text, expected):
     from station.sql import to_postgres
 
     assert to_postgres(text) == expected
+
+
+def test_receivers_and_pages_reconnect_after_the_database_server_restarts(tmp_path):
+    """A restart of PostgreSQL cuts every connection: the batch in flight fails (it stays
+    unacknowledged, so the robot resends it), the next one reconnects; pages do too."""
+    require_postgres()
+    from station.pg_server import PostgresServer
+
+    with PostgresServer() as server:  # its own server: restarting the session's would disturb other tests
+        db = open_db(server.database())
+        token = add_user(tmp_path / "users.json", "v", "viewer")
+        auth = {"Authorization": "Basic " + base64.b64encode(f"v:{token}".encode()).decode()}
+        try:
+            assert db.insert_records([(f"r1:{OB}:1", plant(0), None)]) == [True]
+            with TestClient(create_app(db, tmp_path / "users.json"), raise_server_exceptions=False) as c:
+                assert c.get("/api/surveys/s1/summary", headers=auth).json()["totals"]["plants"] == 1
+                server.restart()
+                batch = [(f"r1:{OB}:2", plant(1), None)]
+                try:
+                    stored = db.insert_records(batch)
+                except db.errors:  # the connection was found cut: this batch is not acknowledged
+                    stored = db.insert_records(batch)  # the robot's resend
+                assert stored == [True]
+                for _ in range(2):  # the first page on a cut connection may fail; the next reconnects
+                    r = c.get("/api/surveys/s1/summary", headers=auth)
+                    if r.status_code == 200:
+                        break
+                assert r.json()["totals"]["plants"] == 2
+        finally:
+            db.close()

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from leafscout import __version__
 from station.db import StationDB, open_db
-from station.sql import Connection
+from station.sql import Connection, is_broken
 
 from . import access, queries, routes
 from .aggregates import SurveyAggregates, SurveySummary
@@ -45,6 +45,11 @@ class _Readers:
 
     def get(self) -> Connection:
         conn = getattr(self._local, "conn", None)
+        if conn is not None and is_broken(conn):  # the PostgreSQL server restarted
+            with self._lock:
+                self._all.remove(conn)
+            conn.close()
+            conn = None
         if conn is None:
             conn = self._local.conn = self.connect()
             with self._lock:
