@@ -159,3 +159,40 @@ def test_recorded_dropout_flags_the_records(tmp_path: Path) -> None:
         assert quality == 4 and row == 0 and lat is not None
         gap = 1.5 <= t - start <= 2.5
         assert fix == ("interpolated" if gap else "fix") or (1.0 < t - start < 3.0)  # edges: either
+
+
+def test_live_plants_counted_in_a_dropout_wait_for_the_fixes_around_them(pty_pair) -> None:
+    """The runtime holds plants whose position was stale, in order, and sends them interpolated once
+    the GPS is back; plants with a fix behind them wait too (plant ids stay in order)."""
+    import time
+
+    from robot.gps import FIX, INTERPOLATED, STALE
+    from robot.records import PlantRecord
+    from robot.runtime import Runtime
+
+    master, port = pty_pair
+    field = FieldGeometry((48.0, 11.0), 90.0, 1.5, rows=2, row_length_m=10.0)
+    with GpsReader(port) as gps:
+        where = GpsPosition(gps, field, max_age_s=0.05)
+        runtime = Runtime(None, None, None, positions=where)  # only the counting path is used here
+        _send(master, *field.to_latlon(0, 1.0), T0)
+        first = gps.wait_for_fix(timeout=5)
+        now = time.time()
+
+        def plant(i: int, fix: str, t: float = now) -> tuple[PlantRecord, None]:
+            return PlantRecord("robot-1", "s", i, t, "Leaf___healthy", 0, 0.9, 5, fix=fix), None
+
+        assert runtime._positioned([plant(0, STALE)]) == []  # held: the GPS has not come back
+        assert runtime._positioned([plant(1, FIX)]) == []  # behind it, in order
+        _send(master, *field.to_latlon(0, 3.0), T0 + 2.0)
+        newer = gps.wait_for_fix(timeout=5, newer_than=first)
+        while newer.t == first.t:
+            newer = gps.wait_for_fix(timeout=5, newer_than=newer)
+        out = runtime._positioned([])
+    assert [r.plant_id for r, _ in out] == [0, 1]
+    filled = out[0][0]
+    assert filled.fix == INTERPOLATED and filled.row == 0 and 0.99 <= filled.metre <= 3.01 and filled.lat is not None
+    assert out[1][0].fix == FIX and runtime.fix_counts == {INTERPOLATED: 1, FIX: 1}
+    # A dropout the GPS never comes back from: released flagged at the end of the run.
+    assert runtime._positioned([plant(2, STALE, time.time())]) == []  # after the last fix
+    assert [r.fix for r, _ in runtime._positioned([], final=True)] == [STALE]
