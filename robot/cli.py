@@ -52,8 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run",
         help="run the robot: find, classify, count and map diseased plants from a camera or recording",
         description="Camera sources: a video file, a folder of images, /dev/videoN or an index, an rtsp:// "
-        "URL, a GStreamer pipeline (contains '!') or sim[:rows=2,length=4,...]. Recordings are replayed "
-        "frame by frame and give the same report on every run (all keys but timing_ms).",
+        "URL, a GStreamer pipeline (contains '!'), a named pipe (FIFO) or sim[:rows=2,length=4,...]. Recordings "
+        "are replayed frame by frame and give the same report on every run (all keys but timing_ms). Exit 0 "
+        "done, 2 error, 3 done but the recording was damaged (frames lost, truncated or undecodable: the "
+        "report's camera counters say how many; docs/robot.md).",
     )
     p.add_argument("--config", type=Path, default=None,
                    help="robot.toml settings file (localizer, white balance, tracker, and any of the flags below; "
