@@ -36,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               f"state directory). Exit {STATUS_OK} ok, {STATUS_DEGRADED} degraded, stopped or not "
                               f"updating, {STATUS_MISSING} no status file.")
     p.add_argument("--status-file", type=Path, default=None, help="the status file (default: the robot's)")
-    p.add_argument("--robot-id", default="robot-1", help="the robot whose state directory holds it (default robot-1)")
+    p.add_argument("--config", type=Path, default=None, metavar="FILE",
+                   help="the robot.toml the robot runs with: its robot_id and state_dir locate the status file")
+    p.add_argument("--robot-id", default=None, help="the robot whose state directory holds it (default robot-1)")
     p.add_argument("--state-dir", type=Path, default=None, help="the robot's state directory")
     p.add_argument("--json", action="store_true", help="print the status file as it is")
     p.set_defaults(func=_status)
@@ -99,9 +101,19 @@ def _install(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
     from .status import default_status_path, format_status, read_status
 
-    path = args.status_file or default_status_path(args.robot_id, args.state_dir)
+    robot_id, state_dir = args.robot_id, args.state_dir
+    if args.config is not None:
+        try:
+            settings = load_config(args.config)
+        except ConfigError as e:
+            print(f"leafscout status: error: {e}", file=sys.stderr)
+            return STATUS_MISSING
+        robot_id = robot_id or settings.survey.robot_id
+        state_dir = state_dir or settings.mqtt.state_dir
+    path = args.status_file or default_status_path(robot_id or "robot-1", state_dir)
     try:
         status = read_status(path)
     except (OSError, ValueError) as e:

@@ -120,3 +120,16 @@ def test_service_install_refuses_a_bad_config(tmp_path: Path, capsys) -> None:
     config.write_text("[camera]\nsorce = 1\n")
     assert main(["service", "install", "--config", str(config), "--unit-dir", str(tmp_path)]) == 2
     assert "sorce" in capsys.readouterr().err and not (tmp_path / UNIT_NAME).exists()
+
+
+def test_status_finds_the_file_through_the_config(tmp_path: Path, capsys) -> None:
+    state = tmp_path / "state"
+    (state / "robot-7").mkdir(parents=True)
+    (state / "robot-7" / STATUS_NAME).write_text(json.dumps({
+        "robot_id": "robot-7", "survey_id": "north", "state": "running", "status": "ok", "updated": 4e9,
+        "pid": 1, "camera": {"source": "/dev/video0", "fps": 18.0, "frames": 10}, "gps": None, "links": {},
+        "queue_depth": 0, "dropped": 0, "last_record": None, "bundle": "x"}))
+    config = tmp_path / "robot.toml"
+    config.write_text(f'[survey]\nrobot_id = "robot-7"\n[mqtt]\nstate_dir = "{state / "robot-7"}"\n')
+    assert main(["status", "--config", str(config)]) == 0
+    assert "robot robot-7  survey north  running (ok)" in capsys.readouterr().out
