@@ -13,12 +13,17 @@ times real HTTP requests (keep-alive, HTTP Basic auth):
 * a viewer's field page while 8 threads guess passwords for another account;
 * ``leafscout report`` as a separate process: wall time, CPU time and peak RSS.
 
+``--postgres`` runs the same on a PostgreSQL server started on loopback for the run
+(``station.pg_server``, default durability) instead of a SQLite file.
+
     .venv/bin/python benchmarks/dashboard_bench.py --plants 100000 --md docs/_bench_dashboard.md
+    .venv/bin/python benchmarks/dashboard_bench.py --plants 100000 --postgres --md docs/_bench_dashboard_pg.md
 """
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -66,7 +71,7 @@ def _stats(ms: list[float]) -> dict:
             "p99_ms": round(ordered[max(0, round(0.99 * len(ms)) - 1)], 1), "max_ms": round(max(ms), 1)}
 
 
-def _report_process(db_path: Path, out: Path) -> dict:
+def _report_process(db_path: Path | str, out: Path) -> dict:
     """``leafscout report`` in its own process: wall, CPU and peak RSS (from the kernel's rusage)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -130,9 +135,9 @@ def _while_guessing(web, path: str, headers: dict, repeats: int, guessers: int =
     return _stats(ms), sum(code == 401 for code in answers)
 
 
-def _many_surveys(workdir: Path, headers: dict, surveys: int, repeats: int) -> dict:
+def _many_surveys(workdir: Path, headers: dict, surveys: int, repeats: int, pg=None) -> dict:
     """The survey list when the station holds ``surveys`` surveys (one plant each)."""
-    path = workdir / "many.db"
+    path = pg.database("many") if pg is not None else workdir / "many.db"
     with open_db(path) as db:
         db.insert_records([(f"robot-1:{'0' * 32}:{i + 1}",
                             PlantRecord("robot-1", f"survey-{i:05d}", i, 1_780_000_000.0 + i, "Tomato___healthy", 4,
@@ -145,10 +150,20 @@ def _many_surveys(workdir: Path, headers: dict, surveys: int, repeats: int) -> d
     return {**_stats(ms), "surveys": surveys, "page_kb": round(size / 1024, 1)}
 
 
-def run(plants: int, repeats: int, workdir: Path) -> dict:
+def _db_mb(db_path: Path | str) -> float:
+    if isinstance(db_path, Path):
+        return round(db_path.stat().st_size / 2**20, 1)
+    import psycopg
+
+    with psycopg.connect(db_path) as conn:
+        return round(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] / 2**20, 1)
+
+
+def run(plants: int, repeats: int, workdir: Path, pg=None) -> dict:
+    """``pg``: a started ``station.pg_server.PostgresServer`` to run on instead of SQLite."""
     rows = 50
     per_row = plants // rows
-    db_path = workdir / "station.db"
+    db_path = pg.database("big") if pg is not None else workdir / "station.db"
     t0 = time.perf_counter()
     with open_db(db_path) as db:
         # Incidence rises across the field, 0 % to 49 %: realistic spread of diseased rows.
@@ -159,7 +174,8 @@ def run(plants: int, repeats: int, workdir: Path) -> dict:
     headers = {"Authorization": "Basic " + base64.b64encode(f"bench:{token}".encode()).decode()}
 
     result: dict = {"plants": truth.plants, "rows": rows, "thumbnails": truth.thumbnails,
-                    "fill_s": round(fill_s, 1), "db_mb": round(db_path.stat().st_size / 2**20, 1)}
+                    "fill_s": round(fill_s, 1), "db_mb": _db_mb(db_path),
+                    "database": "PostgreSQL" if pg is not None else "SQLite"}
     result["report"] = _report_process(db_path, workdir / "report")
     add_user(workdir / "users.json", "victim", "viewer")
     with open_db(db_path) as db:
@@ -186,7 +202,7 @@ def run(plants: int, repeats: int, workdir: Path) -> dict:
             conn.close()
             crowd = _concurrent(web, "/surveys/big-survey", headers, viewers=50, requests_each=max(2, repeats // 5))
             guessed, wrong_checked = _while_guessing(web, "/surveys/big-survey", headers, repeats)
-    result["survey_list"] = _many_surveys(workdir, headers, 20_000, repeats)
+    result["survey_list"] = _many_surveys(workdir, headers, 20_000, repeats, pg)
     result.update({
         "field_page_cold": _stats(cold), "field_page_warm": _stats(warm), "gallery_page": _stats(gallery),
         "summary_json": _stats(summary), "map_points_json": _stats(points),
@@ -213,7 +229,7 @@ def markdown(r: dict, command: str) -> str:
 
     rep = r["report"]
     return "\n".join([
-        "## Dashboard (station web pages)",
+        "## Dashboard (station web pages)" + (" on PostgreSQL" if r.get("database") == "PostgreSQL" else ""),
         "",
         f"Command: `{command}`  ",
         f"Machine: 2-core x86_64 CPU, no GPU (the dev box), Python {platform.python_version()}, "
@@ -221,7 +237,7 @@ def markdown(r: dict, command: str) -> str:
         f"Date: {date.today().isoformat()}",
         "",
         f"Station database: one survey of {r['plants']:,} plant records in {r['rows']} rows, "
-        f"{r['thumbnails']:,} thumbnails ({r['db_mb']} MB SQLite, filled in {r['fill_s']} s through `StationDB`). "
+        f"{r['thumbnails']:,} thumbnails ({r['db_mb']} MB {r.get('database', 'SQLite')}, filled in {r['fill_s']} s through `StationDB`). "
         "Real HTTP requests to uvicorn on loopback, keep-alive, HTTP Basic auth.",
         "",
         "| request | n | p50 ms | p95 ms | p99 ms | max ms |",
@@ -261,9 +277,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20, help="requests per measured page (default 20)")
     parser.add_argument("--json", type=Path, help="write the raw results here")
     parser.add_argument("--md", type=Path, help="write the markdown fragment here (docs/_bench_dashboard.md)")
+    parser.add_argument("--postgres", action="store_true",
+                        help="run on a PostgreSQL server started for the run instead of a SQLite file")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="dashboard_bench_") as tmp:
-        result = run(args.plants, args.repeats, Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="dashboard_bench_") as tmp, contextlib.ExitStack() as stack:
+        pg = None
+        if args.postgres:
+            from station.pg_server import PostgresServer
+
+            pg = stack.enter_context(PostgresServer(fast=False))
+        result = run(args.plants, args.repeats, Path(tmp), pg)
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -25,6 +25,8 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "robot": ("_bench_robot.md", [PY, "benchmarks/replay_bench.py", "--rows", "6", "--also-seeds", "1", "2"]),
     "telemetry": ("_bench_telemetry.md", [PY, "benchmarks/telemetry_bench.py", "--out", "bench_out/telemetry.json"]),
     "dashboard": ("_bench_dashboard.md", [PY, "benchmarks/dashboard_bench.py", "--md", "docs/_bench_dashboard.md"]),
+    "dashboard-pg": ("_bench_dashboard_pg.md", [PY, "benchmarks/dashboard_bench.py", "--postgres",
+                                                "--md", "docs/_bench_dashboard_pg.md"]),
     "station-pg": ("_bench_station_pg.md", [PY, "benchmarks/station_pg_bench.py", "--records", "20000",
                                             "--md", "docs/_bench_station_pg.md"]),
 }

@@ -38,6 +38,10 @@ across outbox resets: the duplicate filter keys on it):
 ``serial_class_ctx`` (robot_id, boot, class_index) PK, name, seq: class table sent over serial
 ``serial_survey_ctx`` (robot_id, boot, ref) PK, survey_id, t0, lat0, lon0 (NULL: no origin), seq
 
+``plants``, ``heartbeats`` and ``thumbnails`` are read by the dashboard in append order
+(``rowid``): SQLite's implicit row number, a ``rowid`` identity column on PostgreSQL (the
+``/*rowid*/`` mark in ``SCHEMA``; see :mod:`station.sql` for why it grows in commit order).
+
 Query helpers return small frozen dataclasses (``dataclasses.asdict`` gives JSON-ready
 dicts): ``surveys()``, ``plants(survey_id)``, ``rows(survey_id)``, ``robots()``,
 ``track(survey_id)``, ``thumbnail(record_id)``, ``rejected()``.

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _source_options(p: argparse.ArgumentParser, *, file_input: bool) -> None:
-    p.add_argument("--db", metavar="PATH", help="station database (SQLite)")
+    p.add_argument("--db", metavar="PATH|URL", help="station database: a SQLite file or a postgresql:// URL")
     p.add_argument("--survey", metavar="ID", help="survey id")
     if file_input:
         p.add_argument("--file", metavar="FILE", help="push this file from `leafscout farmos export` instead of --db")

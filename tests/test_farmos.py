@@ -91,8 +91,8 @@ class RecordingFarm:
 
 
 @pytest.fixture()
-def survey(tmp_path):
-    path = tmp_path / "station.db"
+def survey(db_target):
+    path = db_target
     with open_db(path) as db:
         truth = fill_survey(db, "north", row_incidence=ROW_INCIDENCE, plants_per_row=60, uncertain_per_row=4,
                             thumbnails=False)
