@@ -43,11 +43,11 @@ def split_beside(checkpoint: str | os.PathLike) -> Path:
     return path
 
 
-def _candidates(name: str, recorded: Path, index: int, data: list[Path]) -> list[Path]:
+def _candidates(name: str, recorded: Path, index: int, data: list[Path], n_sources: int) -> list[Path]:
     """Folders that may hold source ``name`` now: a --data folder of that name or the only
     --data folder (one source), else the recorded root, the shared data folder, the default."""
     out = [d for d in data if d.name == name]
-    if len(data) == 1 and index == 0:
+    if len(data) == 1 and n_sources == 1:
         out.append(data[0])
     if out:  # a folder given for this source is the only place to look
         return list(dict.fromkeys(out))
@@ -71,8 +71,12 @@ def resolve_split(
     data: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     expected_sha256: str | None = None,
     classes: list[str] | None = None,
+    strict: bool = True,
 ) -> Split:
     """Load a split manifest, check it is the expected one, and point each source at a folder that has its images.
+
+    ``strict=False`` leaves a source whose images are nowhere at its recorded root
+    instead of raising (for evaluating only some of the sources).
 
     For each source tries a ``data`` folder of the same name (or the only one, for a
     one-source split), the recorded root, ``../shared/data/NAME`` beside the checkout,
@@ -93,12 +97,15 @@ def resolve_split(
     for i, (name, root) in enumerate(zip(names, recorded)):
         probe = next((s for s, _ in split.items if s.source == i), None)
         tried = []
-        for cand in _candidates(name, root, i, dirs):
+        for cand in _candidates(name, root, i, dirs, len(names)):
             if probe is None or (cand / probe.path.relative_to(root)).is_file():
                 roots[name] = cand
                 break
             tried.append(str(cand))
         else:
+            if not strict:
+                roots[name] = root
+                continue
             raise DeployDataError(
                 f"the images of source {name!r} listed in {manifest_path} are not under {' or '.join(tried)}; "
                 "pass --data DIR pointing at that data folder"
@@ -122,6 +129,7 @@ def read_bundle_split(
     *,
     data: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     classes: list[str] | None = None,
+    strict: bool = True,
 ) -> Split:
     """The split stored in a bundle, re-pointed at the data folder (see ``resolve_split``)."""
     src = Path(bundle_dir) / BUNDLE_SPLIT_NAME
@@ -133,7 +141,7 @@ def read_bundle_split(
     with tempfile.TemporaryDirectory(prefix="leafscout-split-") as tmp:
         path = Path(tmp) / SPLIT_MANIFEST_NAME
         path.write_bytes(raw)
-        return resolve_split(path, data=data, classes=classes)
+        return resolve_split(path, data=data, classes=classes, strict=strict)
 
 
 def load_images(samples: list[Sample], spec: PreprocessSpec, *, desc: str = "images") -> tuple[np.ndarray, np.ndarray]:

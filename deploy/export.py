@@ -68,7 +68,8 @@ def _metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str], tempera
     if cal.get("decide_on") == "health":
         m.update(health_metrics(labels, probs, Taxonomy.from_names(classes),
                                 abstain_below=float(cal.get("abstain_below") or 0.0),
-                                ood_below=float(cal.get("ood_below") or 0.0)))
+                                ood_below=float(cal.get("ood_below") or 0.0),
+                                diseased_weight=float(cal.get("diseased_weight") or 1.0)))
     return m
 
 

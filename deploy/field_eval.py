@@ -50,6 +50,7 @@ class Model:
     abstain_below: float
     ood_below: float
     on_health: bool
+    diseased_weight: float
     probs: Callable[[np.ndarray], np.ndarray]  # float32 NCHW -> calibrated probabilities
     split: Callable[[Sequence[str | os.PathLike] | None], Split | None]  # the model's split, re-pointed
 
@@ -65,10 +66,10 @@ def _bundle_model(path: Path, int8: bool | None) -> Model:
         if not (bundle.path / BUNDLE_SPLIT_NAME).is_file():
             return None
         return read_bundle_split(bundle.path, bundle.manifest["provenance"].get("split_manifest_sha256"),
-                                 data=data, classes=bundle.classes)
+                                 data=data, classes=bundle.classes, strict=not data)
 
     return Model(bundle.path, "bundle", bundle.classes, bundle.spec, bundle.taxonomy, bundle.abstain_below or 0.0,
-                 bundle.ood_below or 0.0, bundle.decides_health, bundle.probs, split)
+                 bundle.ood_below or 0.0, bundle.decides_health, bundle.diseased_weight, bundle.probs, split)
 
 
 def _checkpoint_model(path: Path) -> Model:
@@ -92,12 +93,12 @@ def _checkpoint_model(path: Path) -> Model:
         if not (path.parent / "split.json").is_file():
             return None
         return resolve_split(split_beside(path), data=data, expected_sha256=ckpt.get("split_manifest_sha256"),
-                             classes=classes)
+                             classes=classes, strict=not data)
 
     taxonomy = Taxonomy.from_names(classes)
     return Model(path, "checkpoint", classes, checkpoint_preprocess(ckpt), taxonomy,
                  float(cal.get("abstain_below") or 0.0), float(cal.get("ood_below") or 0.0),
-                 cal.get("decide_on") == "health", probs, split)
+                 cal.get("decide_on") == "health", float(cal.get("diseased_weight") or 1.0), probs, split)
 
 
 def load_model(path: str | os.PathLike, *, int8: bool | None = None) -> Model:
@@ -130,7 +131,7 @@ def _predict(model: Model, samples: Sequence[Sample], desc: str, batch: int = 25
 def _report(model: Model, y: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
     m = classification_metrics(y, probs, model.classes)
     m.update(health_metrics(y, probs, model.taxonomy, abstain_below=model.abstain_below, ood_below=model.ood_below,
-                            on_health=model.on_health))
+                            on_health=model.on_health, diseased_weight=model.diseased_weight))
     return m
 
 
@@ -166,7 +167,8 @@ def _negatives_report(model: Model, samples: list[Sample]) -> dict[str, Any]:
 
     probs, ok = _predict(model, samples, "negatives")
     _, _, health, _ = decide_batch(probs[ok], model.taxonomy, abstain_below=model.abstain_below,
-                                   ood_below=model.ood_below, on_health=model.on_health)
+                                   ood_below=model.ood_below, on_health=model.on_health,
+                                   diseased_weight=model.diseased_weight)
     called = np.isin(health, [HEALTHY, DISEASED])
     return {"n": int(ok.sum()), "negatives_called_plant": float(called.mean()) if len(called) else None,
             "called": {h: int((health == h).sum()) for h in sorted(set(health.tolist()))}}
@@ -218,7 +220,8 @@ def evaluate_sources(
         m.pop("confusion", None)
     result.update(per_source=per_source, classes=list(model.classes), split=split, model=str(model.path),
                   model_kind=model.kind, decide_on="health" if model.on_health else "class",
-                  abstain_below=model.abstain_below, ood_below=model.ood_below)
+                  abstain_below=model.abstain_below, ood_below=model.ood_below,
+                  diseased_weight=model.diseased_weight)
     if negatives is not None:
         neg = _negatives_report(model, _negative_samples(model, Path(negatives)))
         result["negatives"] = neg

@@ -40,6 +40,7 @@ __all__ = [
     "calibrate_field",
     "choose_health_threshold",
     "choose_ood_threshold",
+    "choose_diseased_weight",
 ]
 
 log = logging.getLogger(__name__)
@@ -354,6 +355,24 @@ def choose_health_threshold(group_p: np.ndarray, correct: np.ndarray, target_acc
     return float(conf[k_min]), False
 
 
+def choose_diseased_weight(probs: np.ndarray, true_group: np.ndarray, taxonomy: Any) -> float:
+    """The prior correction on the diseased group at which false alarms (healthy called
+    diseased) and misses (diseased called healthy or background) are equally frequent on
+    these leaves: lab training sets hold far more diseased than healthy classes, a field does not."""
+    from vision.classifier import decide_batch
+
+    healthy, diseased = true_group == 1, true_group == 2
+    if not healthy.any() or not diseased.any():
+        return 1.0
+    best, best_gap = 1.0, float("inf")
+    for w in np.exp(np.linspace(np.log(0.25), np.log(4.0), 41)):
+        _, _, h, _ = decide_batch(probs, taxonomy, abstain_below=0.0, on_health=True, diseased_weight=float(w))
+        gap = abs((h[healthy] == "diseased").mean() - (h[diseased] != "diseased").mean())
+        if gap < best_gap - 1e-12:
+            best, best_gap = float(w), gap
+    return best
+
+
 def choose_ood_threshold(best_p_neg: np.ndarray, plant_neg: np.ndarray, max_called_plant: float) -> float:
     """The smallest max-probability floor under which at most ``max_called_plant`` of the
     negatives are still decided as plants (0 when they already are)."""
@@ -402,6 +421,11 @@ def calibrate_field(
     field = [s for s in split.samples("val") if kinds[s.source] == "boxes"]
     if not field:
         raise CalibrationError(f"{ckpt_path}: the split has no validation samples from box folders (field photos)")
+    # Background windows that show unboxed leaves are label noise, not negatives: left out.
+    from .sources import unboxed_leaf_windows
+
+    noisy = unboxed_leaf_windows(split, field)
+    field = [s for s, n in zip(field, noisy) if not n]
     y, probs = predict_probs(model, checkpoint_preprocess(ckpt), field)
     logits = _log_probs(probs)
     t = fit_temperature(logits, y)
@@ -409,25 +433,29 @@ def calibrate_field(
     taxonomy = Taxonomy.from_names(classes)
     bg = taxonomy.background_index
     leaf = y != bg
-    groups = taxonomy.group_probs(cal)
-    g = groups.argmax(1)
     true_g = np.array([Taxonomy.group_names().index(taxonomy.health_of(int(i))) for i in y])
-    threshold, met = choose_health_threshold(groups.max(1)[leaf], (g == true_g)[leaf], target_health_accuracy,
-                                             min_coverage)
-    _, _, health, _ = decide_batch(cal[~leaf], taxonomy, abstain_below=threshold, on_health=True)
+    weight = choose_diseased_weight(cal[leaf], true_g[leaf], taxonomy)
+    _, _, decided, health_p = decide_batch(cal[leaf], taxonomy, abstain_below=0.0, on_health=True,
+                                           diseased_weight=weight)
+    threshold, met = choose_health_threshold(health_p, decided == np.array(Taxonomy.group_names())[true_g[leaf]],
+                                             target_health_accuracy, min_coverage)
+    _, _, health, _ = decide_batch(cal[~leaf], taxonomy, abstain_below=threshold, on_health=True,
+                                   diseased_weight=weight)
     ood = choose_ood_threshold(cal[~leaf].max(1), np.isin(health, [HEALTHY, DISEASED]), max_negatives_called_plant)
     from .metrics import health_metrics
 
-    after = health_metrics(y, cal, taxonomy, abstain_below=threshold, ood_below=ood)
+    after = health_metrics(y, cal, taxonomy, abstain_below=threshold, ood_below=ood, diseased_weight=weight)
     result: dict[str, Any] = {
         "temperature": t,
         "abstain_below": threshold,
         "ood_below": ood,
         "ood_score": "max_probability",
         "decide_on": "health",
+        "diseased_weight": weight,
         "fit_split": "val",
         "fit_sources": sorted({split.source_names()[s.source] for s in field}),
         "n_fit": int(len(y)),
+        "n_unboxed_leaf_windows_left_out": int(noisy.sum()),
         "n_bins": n_bins,
         "ece_before": expected_calibration_error(y, probs, n_bins),
         "ece_after": expected_calibration_error(y, cal, n_bins),

@@ -44,6 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(turns, flips, 85-100%% crops, mild lighting: for LeNet-sized models) or field (leaf "
                         "plus real field backgrounds, colour casts, exposure, shadows, blur, noise, JPEG, "
                         "occlusion: for the robot's model)")
+    p.add_argument("--background-max-leafy", type=float, default=None, metavar="SHARE",
+                   help="drop training background windows of photos with more than this share of leaf-coloured "
+                        "pixels (unboxed leaves, not negatives), e.g. 0.1 (default: keep all)")
     p.add_argument("--sampling", choices=("uniform", "balanced"), default="uniform",
                    help="uniform: every training sample once per epoch; balanced: draw with weights "
                         "1/sqrt(source size x class size), so small sources and classes are seen more")
@@ -101,7 +104,7 @@ def _train(args: argparse.Namespace) -> int:
         data=data, model=args.model, epochs=args.epochs, out=args.out, img_size=args.img_size,
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, schedule=args.schedule,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, balance=args.balance,
-        sampling=args.sampling,
+        sampling=args.sampling, background_max_leafy=args.background_max_leafy,
         background_p=args.background_p, jpeg_p=args.jpeg_p, augment=not args.no_augment, augment_preset=args.augment_preset,
         precision=args.precision, seed=args.seed, workers=args.workers,
         threads=args.threads, time_budget_s=None if args.time_budget is None else args.time_budget * 60, resume=args.resume,

@@ -80,7 +80,7 @@ def classification_metrics(
 
 
 def health_metrics(y_true: np.ndarray, probs: np.ndarray, taxonomy: Any, *, abstain_below: float = 0.0,
-                   ood_below: float = 0.0, on_health: bool = True) -> dict[str, Any]:
+                   ood_below: float = 0.0, on_health: bool = True, diseased_weight: float = 1.0) -> dict[str, Any]:
     """What the robot's decisions (``vision.classifier.decide_batch``) are worth on labelled crops.
 
     On plant leaves (label not ``background``): ``coverage`` = share not abstained
@@ -96,7 +96,7 @@ def health_metrics(y_true: np.ndarray, probs: np.ndarray, taxonomy: Any, *, abst
 
     y, p = _check(y_true, probs)
     index, _, health, _ = decide_batch(p, taxonomy, abstain_below=abstain_below, ood_below=ood_below,
-                                       on_health=on_health)
+                                       on_health=on_health, diseased_weight=diseased_weight)
     true_health = np.array([taxonomy.health_of(int(i)) for i in y], dtype=object)
     leaf = true_health != BACKGROUND
     covered = leaf & (health != UNCERTAIN)

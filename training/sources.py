@@ -33,9 +33,12 @@ import numpy as np
 
 from vision.taxonomy import BACKGROUND
 
-from .data import BOX_MARGIN, Dataset, ImageReadError, Sample, read_image, scan_folder
+from .data import Dataset, ImageReadError, Sample, read_image, sample_image, scan_folder
 
 __all__ = [
+    "LEAFY_NEGATIVE_MAX",
+    "leafy_fraction",
+    "unboxed_leaf_windows",
     "SourceError",
     "SourceInfo",
     "BoxFolder",
@@ -51,6 +54,38 @@ NAME_MAP_FILES = ("name_map.json", "pv_class_map.json")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 MIN_BOX_AREA = 1e-4  # of the image, after clipping: smaller boxes are not leaves we can see
 _GRID = 48  # resolution of the box-coverage raster used to place background windows
+
+
+# Background windows are drawn where no leaf *box* lies, but PlantDoc's boxes are not
+# exhaustive: many such windows show unboxed leaves. A window counts as a clean negative
+# (no leaf) only when at most this share of its pixels is leaf-coloured (``leafy_fraction``).
+LEAFY_NEGATIVE_MAX = 0.1
+
+
+def leafy_fraction(image: np.ndarray) -> float:
+    """Share of pixels with leaf colour (yellow-green to blue-green, saturated, not dark)."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
+    h, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    return float(((h >= 25) & (h <= 95) & (sat >= 50) & (val >= 40)).mean())
+
+
+def unboxed_leaf_windows(split: object, samples: list[Sample], max_leafy: float = LEAFY_NEGATIVE_MAX) -> np.ndarray:
+    """True for background windows of photos without vegetation masks that show leaves.
+
+    Such a window is an unboxed leaf, not a negative: calibration, thresholds and the
+    negatives benchmark leave it out (training may too, ``--background-max-leafy``).
+    """
+    from vision.taxonomy import BACKGROUND as _BG
+
+    out = np.zeros(len(samples), bool)
+    if _BG not in split.classes:
+        return out
+    bg = split.classes.index(_BG)
+    masked = [(Path(root) / "masks").is_dir() for root in split.source_roots()]
+    for i, s in enumerate(samples):
+        if s.label == bg and s.box is not None and not masked[s.source]:
+            out[i] = leafy_fraction(sample_image(s)) > max_leafy
+    return out
 
 
 class SourceError(ValueError):

@@ -79,6 +79,9 @@ class TrainConfig:
     # "balanced": each epoch draws samples with weights 1/sqrt(source size * class size in
     # that source), so a small source or class is seen often without being memorised.
     sampling: str = "uniform"
+    # Drop training background windows of photos (not of vegetation masks) with more than this
+    # share of leaf-coloured pixels: unboxed leaves, not negatives (training.sources). None: keep all.
+    background_max_leafy: float | None = None
     threads: int | None = None  # torch threads per process; None: leave one core for the rest
     model_args: dict[str, Any] = field(default_factory=dict)
     cache_dir: Path | None = None
@@ -107,6 +110,8 @@ class TrainConfig:
             raise TrainError(f"jpeg_p must be within [0, 1], got {self.jpeg_p}")
         if self.precision not in PRECISIONS:
             raise TrainError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.background_max_leafy is not None and not 0.0 <= self.background_max_leafy <= 1.0:
+            raise TrainError(f"background_max_leafy must be within [0, 1], got {self.background_max_leafy}")
         if self.sampling not in SAMPLING:
             raise TrainError(f"sampling must be one of {SAMPLING}, got {self.sampling!r}")
         if self.balance not in BALANCING:
@@ -263,11 +268,29 @@ def _train_set(split: Split, spec: PreprocessSpec, config: TrainConfig, info: Di
         if len(idx):
             arrays[idx], ok[idx] = _cached_arrays([samples[i] for i in idx], fn, key + json.dumps(big.to_json()),
                                                   config, info, "train images")
+    ok &= _clean_backgrounds(arrays[..., :3], samples, split, config.background_max_leafy)
     arrays = arrays[ok]
     bank = _background_bank(arrays[..., :3], labels[ok], split.classes)
     aug = LeafAugment(augment_config(config.augment_preset, config.background_p, config.jpeg_p), bank)
     return TrainImages(np.ascontiguousarray(arrays[..., :3]), np.ascontiguousarray(arrays[..., 3]), labels[ok],
                        spec, aug, config.seed, sources[ok])
+
+
+def _clean_backgrounds(images: np.ndarray, samples: list, split: Split, max_leafy: float | None) -> np.ndarray:
+    """False for background windows of unmasked box folders that show leaves (``max_leafy``)."""
+    keep = np.ones(len(samples), bool)
+    if max_leafy is None or BACKGROUND not in split.classes:
+        return keep
+    from .sources import leafy_fraction
+
+    bg = split.classes.index(BACKGROUND)
+    masked = [(root / "masks").is_dir() for root in split.source_roots()]
+    for i, s in enumerate(samples):
+        if s.label == bg and s.box is not None and not masked[s.source]:
+            keep[i] = leafy_fraction(images[i]) <= max_leafy
+    log.info("background windows: %d of %d kept (at most %.0f%% leaf-coloured pixels)",
+             int(keep[[s.label == bg for s in samples]].sum()), sum(s.label == bg for s in samples), 100 * max_leafy)
+    return keep
 
 
 def _background_bank(images: np.ndarray, labels: np.ndarray, classes: list[str]) -> np.ndarray | None:

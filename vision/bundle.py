@@ -285,6 +285,10 @@ class Bundle:
             raise BundleFormatError(f"{path}: calibration decide_on must be 'class' or 'health', got {decide_on!r}")
         self.ood_below: float | None = None if ood is None else float(ood)
         self.decides_health = decide_on == "health"
+        weight = calibration.get("diseased_weight", 1.0)
+        if not (isinstance(weight, (int, float)) and weight > 0):
+            raise BundleFormatError(f"{path}: calibration diseased_weight must be a number > 0, got {weight!r}")
+        self.diseased_weight = float(weight)
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise BundleShapeError(f"{model_file} must have one input and one output, has {len(inputs)} and {len(outputs)}")

@@ -63,11 +63,13 @@ class Prediction:
 
 
 def decide_batch(probs: np.ndarray, taxonomy: Taxonomy, *, abstain_below: float, ood_below: float = 0.0,
-                 on_health: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+                 on_health: bool = True, diseased_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Decisions for [N, C] calibrated probabilities: (class index or -1, class prob, health, health prob).
 
     One vectorised rule for the robot, ``leafscout eval`` and calibration alike (see the
-    module docstring); ``health`` is an array of strings.
+    module docstring); ``health`` is an array of strings. ``diseased_weight`` scales the
+    diseased group before the groups are compared (a prior correction fitted on field
+    validation data: lab sets hold far more diseased than healthy classes).
     """
     probs = np.asarray(probs, np.float32)
     if probs.ndim != 2 or probs.shape[1] != len(taxonomy):
@@ -82,6 +84,9 @@ def decide_batch(probs: np.ndarray, taxonomy: Taxonomy, *, abstain_below: float,
         health[index == UNCERTAIN_INDEX] = UNCERTAIN
         return index, best_p, health, best_p
     groups = taxonomy.group_probs(probs)  # (background, healthy, diseased)
+    if diseased_weight != 1.0:
+        groups[:, 2] *= np.float32(diseased_weight)
+        groups /= groups.sum(axis=1, keepdims=True)
     g = groups.argmax(axis=1)
     g_p = groups[rows, g]
     health = np.array(Taxonomy.group_names(), dtype=object)[g]
@@ -109,6 +114,7 @@ class LeafClassifier:
         self.taxonomy: Taxonomy = getattr(bundle, "taxonomy", None) or Taxonomy.from_names(self.classes)
         self.ood_below = float(getattr(bundle, "ood_below", None) or 0.0)
         self.on_health = bool(getattr(bundle, "decides_health", False))
+        self.diseased_weight = float(getattr(bundle, "diseased_weight", None) or 1.0)
         self.background_index: int | None = self.taxonomy.background_index
         self._buffer = np.empty((max_batch, 3, *self.spec.size), np.float32)
         self.calls = 0
@@ -129,7 +135,8 @@ class LeafClassifier:
         """One probability vector -> class (or uncertain) and health."""
         probs = np.asarray(probs)
         index, conf, health, health_p = decide_batch(probs[None], self.taxonomy, abstain_below=self.abstain_below,
-                                                     ood_below=self.ood_below, on_health=self.on_health)
+                                                     ood_below=self.ood_below, on_health=self.on_health,
+                                                     diseased_weight=self.diseased_weight)
         best = int(np.argmax(probs))
         return Prediction(int(index[0]), float(conf[0]) if index[0] >= 0 else float(probs[best]), best,
                           str(health[0]), float(health_p[0]))
