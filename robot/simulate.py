@@ -198,10 +198,16 @@ class LeafBank:
             if Path(split).is_dir():  # a deploy bundle: its gzipped copy of the training split
                 from deploy.data import read_bundle_split
 
-                sp = read_bundle_split(split, None, data=root)
+                sp = read_bundle_split(split, None, data=root, strict=False)
             else:
-                sp = load_split(split, root=root)
-            classes, samples = sp.classes, sp.samples(part)
+                sp = load_split(split, root=root, roots={root.name: root})
+            # A split over several sources: only this folder's whole-image leaves (not field
+            # photos' boxes, not background windows) can be cut out and planted.
+            names = sp.source_names()
+            here = names.index(root.name) if sp.sources and root.name in names else 0
+            classes = sp.classes
+            samples = [s for s in sp.samples(part) if s.source == here and s.box is None
+                       and info_from_name(classes[s.label]).health != "background"]
         else:
             ds = scan_folder(root)
             classes, samples = ds.classes, ds.samples
