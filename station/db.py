@@ -456,19 +456,14 @@ class StationDB:
 
     def rows(self, survey_id: str) -> list[StoredRow]:
         """Latest row summary per robot and row of a survey."""
-        rows = self._all(
-            "SELECT robot_id, survey_id, row, plants, diseased, uncertain, incidence, ci_lo, ci_hi, t "
-            "FROM row_summaries WHERE survey_id=? ORDER BY row, robot_id",
-            (survey_id,),
-        )
-        return [RowSummary(*r) for r in rows]
+        with self._lock:
+            self._reconnect()
+            return read_rows(self._conn, survey_id)
 
     def robots(self) -> list[RobotInfo]:
-        rows = self._all(
-            "SELECT robot_id, last_seen, queue_depth, frames, fps, status, survey_id, link, link_status, dropped "
-            "FROM robots ORDER BY robot_id"
-        )
-        return [RobotInfo(*r) for r in rows]
+        with self._lock:
+            self._reconnect()
+            return read_robots(self._conn)
 
     def track(self, survey_id: str, robot_id: str | None = None) -> list[TrackPoint]:
         """Heartbeat positions over time (the robot's path through the field)."""
@@ -495,6 +490,21 @@ class StationDB:
         for table in ("robots", "received", "plants", "row_summaries", "heartbeats", "thumbnails", "rejected"):
             self._one(f"SELECT count(*) FROM {table}")
         return "ok"
+
+
+# The dashboard runs these on its own read connections (no lock shared with the receivers).
+def read_rows(conn: sql.Connection, survey_id: str) -> list[StoredRow]:
+    """Latest row summary per robot and row of a survey."""
+    return [RowSummary(*r) for r in conn.execute(
+        "SELECT robot_id, survey_id, row, plants, diseased, uncertain, incidence, ci_lo, ci_hi, t "
+        "FROM row_summaries WHERE survey_id=? ORDER BY row, robot_id", (survey_id,)).fetchall()]
+
+
+def read_robots(conn: sql.Connection) -> list[RobotInfo]:
+    """Every robot's latest status."""
+    return [RobotInfo(*r) for r in conn.execute(
+        "SELECT robot_id, last_seen, queue_depth, frames, fps, status, survey_id, link, link_status, dropped "
+        "FROM robots ORDER BY robot_id").fetchall()]
 
 
 class _Transaction:

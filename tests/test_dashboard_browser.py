@@ -46,8 +46,8 @@ def only_the_station(external: list[str]):
 
 
 @pytest.fixture()
-def station(tmp_path):
-    db = open_db(tmp_path / "station.db")
+def station(tmp_path, db_target):
+    db = open_db(db_target)
     truth = fill_survey(db, "field-7", row_incidence=ROW_INCIDENCE, plants_per_row=30, without_position_every=23)
     token = add_user(tmp_path / "users.json", "agronomist", "viewer")
     app = create_app(db, tmp_path / "users.json")

@@ -274,6 +274,11 @@ class SurveyAggregates:
                                            "WHERE rowid > ? ORDER BY rowid LIMIT ?",
                        self._add_heartbeat)
 
+    def knows(self, survey_id: str) -> bool:
+        """Whether a plant or heartbeat of this survey has been folded in already."""
+        with self._lock:
+            return survey_id in self._surveys
+
     def folding(self, plants: Iterable[Mapping]) -> Iterator[Mapping]:
         """Yield ``plants`` (rows of :func:`station.web.queries.iter_plants`, one survey's)
         after folding each in: an offline report reads the plants once for its exports

@@ -21,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from leafscout import __version__
-from station.db import StationDB, open_db
+from station.db import StationDB, open_db, read_rows
 from station.sql import Connection, is_broken
 
 from . import access, queries, routes
@@ -88,7 +88,7 @@ class StationState:
 
     def summary(self, conn: Connection, survey_id: str) -> SurveySummary:
         """The survey's statistics; the same object for as long as no record changes them."""
-        return self.aggregates.summary(conn, survey_id, self.db.rows(survey_id))
+        return self.aggregates.summary(conn, survey_id, read_rows(conn, survey_id))
 
     def rendering(self, summary: SurveySummary, kind: str, make: Callable[[SurveySummary], Any]) -> Any:
         """``make(summary)``, remembered until the survey's statistics change (a page view

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
 from robot.records import PlantRecord, RecordError, parse_record_id, record_from_dict
-from station.db import StationDB
+from station.db import StationDB, read_robots
 from station.report import csv_lines, geojson_chunks, render_report
 
 from station.sql import Connection
@@ -76,8 +76,10 @@ class BodyTooLarge(Exception):
 
 
 def _known_survey(request: Request, survey_id: str) -> Connection:
-    conn = station_state(request).readers.get()
-    if not queries.survey_exists(conn, survey_id):
+    state = station_state(request)
+    conn = state.readers.get()
+    # Records are never deleted: a survey the aggregates have seen needs no query.
+    if not state.aggregates.knows(survey_id) and not queries.survey_exists(conn, survey_id):
         raise NotFound(f"unknown survey {survey_id!r}")
     return conn
 
@@ -102,7 +104,7 @@ def index(request: Request, page: int = Query(0, ge=0, le=1_000_000), q: str = Q
     surveys = [_SurveyRow(sid, t.plants, t.diseased, t.incidence, views.utc_text(t.t_last) + " UTC" if t.t_last else "")
                for sid in shown for t in (totals[sid],)]
     return render(request, "index.html", principal=who, surveys=surveys, page=page, q=q, matching=len(ids),
-                  pages=max(1, -(-len(ids) // SURVEYS_PAGE)), robots=views.robot_views(state.db.robots()),
+                  pages=max(1, -(-len(ids) // SURVEYS_PAGE)), robots=views.robot_views(read_robots(state.readers.get())),
                   now=time.time(), insecure=state.db.flags().get("insecure", False), rejected=state.db.rejected(),
                   drops={r: n for r, n in state.db.robot_drops().items() if n})
 
@@ -191,7 +193,7 @@ def farmos_json(request: Request, survey_id: str, who: Principal = Depends(princ
 def report_html(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
     state = station_state(request)
     conn = _known_survey(request, survey_id)
-    html = render_report(conn, state.db.robots(), survey_id, state.db.thumbnail, summary=state.summary(conn, survey_id),
+    html = render_report(conn, read_robots(conn), survey_id, state.db.thumbnail, summary=state.summary(conn, survey_id),
                          basemap=_basemap(request, inline=True))
     return HTMLResponse(html, headers=_attachment(survey_id, "_report.html"))
 
@@ -234,7 +236,7 @@ def plants_json(request: Request, survey_id: str, row_min: int | None = Query(No
 @router.get("/api/robots", name="robots_json")
 def robots_json(request: Request, survey: str | None = None, who: Principal = Depends(principal)) -> dict:
     """Robot status rows (what the pages' robot tables show), for ``map.js`` to refresh them."""
-    robots = station_state(request).db.robots()
+    robots = read_robots(station_state(request).readers.get())
     if survey is not None:
         robots = [r for r in robots if r.survey_id == survey] or robots
     return {"robots": [asdict(r) for r in views.robot_views(robots)], "now": time.time()}
@@ -255,7 +257,7 @@ def field_page(request: Request, survey_id: str, who: Principal = Depends(princi
     else:
         field_map_svg = state.rendering(summary, "map", lambda s: svg.survey_map(s, basemap=_basemap(request)))
         timeline_svg = state.rendering(summary, "timeline", lambda s: svg.incidence_over_time(s.timeline))
-    robots = state.db.robots()
+    robots = read_robots(conn)
     robots = [r for r in robots if r.survey_id == survey_id] or robots
     return render(request, "field.html", principal=who, survey_id=survey_id, s=summary, filters=chosen,
                   filter_query=urlencode(chosen.query()), robot_ids=everything.robot_ids,
