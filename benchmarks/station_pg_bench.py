@@ -186,11 +186,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-NOTE = ('Reading: on PostgreSQL each record costs about five statements (savepoint, duplicate filter, plant '
-        'row, robot status, release), each a round trip to the server, where SQLite runs them in-process; on '
-        'this 2-core machine the server, the broker, the receivers and the publisher also share the cores. '
-        'Two receivers together handle more copies per second than one, though their write transactions take '
-        "turns (one advisory lock, so the dashboard's incremental reads see rows in commit order).")
+NOTE = ('Reading: on PostgreSQL each record costs four statements (savepoint, duplicate filter, plant row, '
+        'release; robot status once per batch), each a round trip to the server, where SQLite runs them in-'
+        'process; on this 2-core machine the server, the broker, the receivers and the publisher also share '
+        'the cores. Two receivers together handle more copies per second than one, though their write '
+        "transactions take turns (one advisory lock, so the dashboard's incremental reads see rows in commit "
+        'order).')
 
 
 def markdown(results: list[dict], args: argparse.Namespace, argv: list[str] | None) -> str:
@@ -203,20 +204,22 @@ def markdown(results: list[dict], args: argparse.Namespace, argv: list[str] | No
         f"PostgreSQL from Debian (default durability: fsync and synchronous commit on), Mosquitto on loopback; "
         f"{date.today().isoformat()}.",
         "",
-        f"{args.robots} robots publish {args.records} plant records (QoS 1), each {args.copies} times. Each receiver is "
-        "a separate `leafscout station --insecure` process with its own MQTT client id, subscribed to the same "
-        "topics, so every receiver gets every copy. Time: first publish until every copy was handled (stored, or "
-        "counted as a duplicate) in the database.",
+        f"{args.robots} robots publish {args.records} plant records (QoS 1), each {args.copies} times. "
+        "Each receiver is a separate `leafscout station --insecure` process with its own MQTT client id, "
+        "subscribed to the same topics, so every receiver gets every copy. Time: first publish until every copy "
+        "was handled (stored, or counted as a duplicate) in the database.",
         "",
-        "| database | receivers | copies of each record handled | records | stored once | time (s) | copies handled / s |",
+        "| database | receivers | copies of each record handled | records | stored once | time (s) "
+        "| copies handled / s |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         lines.append(f"| {r['db']} | {r['receivers']} | {r['copies_each']} | {r['records']} | "
-                     f"{'yes' if r['stored_once'] else 'NO'} ({r['received']} stored, {r['distinct_ids']} distinct ids) "
+                     f"{'yes' if r['stored_once'] else 'NO'} ({r['received']} stored, "
+                     f"{r['distinct_ids']} distinct ids) "
                      f"| {r['seconds']:.1f} | {r['handled'] / r['seconds']:.0f} |")
-    lines += ["", NOTE, "", "Target (issue #16): two receivers on PostgreSQL ingesting the same MQTT stream with duplicates "
-              "store every record once: " + ("met." if results[0]["stored_once"] else "**missed**."), ""]
+    lines += ["", NOTE, "", "Target (issue #16): two receivers on PostgreSQL ingesting the same MQTT stream with "
+              "duplicates store every record once: " + ("met." if results[0]["stored_once"] else "**missed**."), ""]
     return "\n".join(lines)
 
 

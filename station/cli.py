@@ -48,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "station", help="run the base station: receive robot telemetry and store it",
         description="Receive records from robots over MQTT and/or a serial radio, verify them "
                     "(schema, limits, size, per-robot HMAC, robot allow-list), drop duplicates and store them in "
-                    "SQLite, or in PostgreSQL shared by several stations. Secure by default: it refuses to start without MQTT credentials and record signing "
-                    "(--keys) unless --insecure is given.",
+                    "SQLite, or in PostgreSQL shared by several stations. Secure by default: it refuses to start "
+                    "without MQTT credentials and record signing (--keys) unless --insecure is given.",
     )
     p.add_argument("--config", metavar="FILE", type=Path,
                    help="TOML file with any of: mqtt, password, password_file, serial, baud, db, keys, "

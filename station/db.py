@@ -286,6 +286,7 @@ class StationDB:
         """
         now = time.time()
         out: list[bool | None] = []
+        heard_from: set[str] = set()
         with self._tx() as c:
             for record_id, record, thumbnail in items:
                 c.execute("SAVEPOINT one_record")
@@ -297,6 +298,12 @@ class StationDB:
                     c.execute("ROLLBACK TO SAVEPOINT one_record")
                     out.append(None)
                 c.execute("RELEASE SAVEPOINT one_record")
+                if out[-1]:
+                    heard_from.add(record.robot_id)
+            # Once per robot and batch, not per record (one statement, one round trip, less).
+            for robot_id in sorted(heard_from):
+                c.execute("INSERT INTO robots(robot_id, last_seen, link) VALUES (?,?,?) ON CONFLICT(robot_id) "
+                          "DO UPDATE SET last_seen=excluded.last_seen, link=excluded.link", (robot_id, now, link))
         return out
 
     def set_flag(self, name: str, value: bool) -> None:
@@ -549,11 +556,6 @@ def _insert_one(c: sql.Connection, record_id: str, record: Record, thumbnail: by
     if thumbnail is not None:
         c.execute("INSERT INTO thumbnails(record_id, jpeg) VALUES (?,?) ON CONFLICT(record_id) DO UPDATE "
                   "SET jpeg=excluded.jpeg", (record_id, thumbnail))
-    c.execute(
-        "INSERT INTO robots(robot_id, last_seen, link) VALUES (?,?,?) "
-        "ON CONFLICT(robot_id) DO UPDATE SET last_seen=excluded.last_seen, link=excluded.link",
-        (record.robot_id, now, link),
-    )
     return True
 
 

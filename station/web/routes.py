@@ -98,13 +98,14 @@ class _SurveyRow:
 def index(request: Request, page: int = Query(0, ge=0, le=1_000_000), q: str = Query("", max_length=200),
           who: Principal = Depends(principal)) -> Response:
     state = station_state(request)
-    totals = state.aggregates.all_totals(state.readers.get())
+    conn = state.readers.get()
+    totals = state.aggregates.all_totals(conn)
     ids = [sid for sid in totals if q.lower() in sid.lower()] if q else list(totals)
     shown = ids[page * SURVEYS_PAGE:(page + 1) * SURVEYS_PAGE]
     surveys = [_SurveyRow(sid, t.plants, t.diseased, t.incidence, views.utc_text(t.t_last) + " UTC" if t.t_last else "")
                for sid in shown for t in (totals[sid],)]
     return render(request, "index.html", principal=who, surveys=surveys, page=page, q=q, matching=len(ids),
-                  pages=max(1, -(-len(ids) // SURVEYS_PAGE)), robots=views.robot_views(read_robots(state.readers.get())),
+                  pages=max(1, -(-len(ids) // SURVEYS_PAGE)), robots=views.robot_views(read_robots(conn)),
                   now=time.time(), insecure=state.db.flags().get("insecure", False), rejected=state.db.rejected(),
                   drops={r: n for r, n in state.db.robot_drops().items() if n})
 
