@@ -199,7 +199,7 @@ class StationDB:
         self._lock = threading.RLock()
         try:
             self._conn = self._open_postgres() if self.postgres else self._open_sqlite()
-        except (sqlite3.DatabaseError, *self._pg_errors()) as e:
+        except (sqlite3.DatabaseError, ModuleNotFoundError, *self._pg_errors()) as e:
             raise StationDBError(f"cannot open station database {self.name!r}: {e}") from e
         # What a statement raises for database trouble (sqlite3.Error or psycopg.Error).
         self.errors = sql.db_errors(self._conn)

@@ -113,7 +113,11 @@ class PgConnection:
     with the SQLite connections."""
 
     def __init__(self, url: str, *, readonly: bool = False):
-        import psycopg
+        try:
+            import psycopg
+        except ModuleNotFoundError as e:
+            raise ModuleNotFoundError("a postgresql:// database needs psycopg 3: pip install 'psycopg[binary]'",
+                                      name="psycopg") from e
 
         self.errors: tuple[type[BaseException], ...] = (psycopg.Error,)
         self._conn = psycopg.connect(url, autocommit=True, row_factory=_row_factory, connect_timeout=10)
