@@ -41,7 +41,6 @@ from robot.ratelimit import RateLimitedLog
 from robot.records import Heartbeat, PlantRecord, RowSummary, record_from_dict
 
 log = logging.getLogger(__name__)
-_limited = RateLimitedLog(log)
 
 Record = PlantRecord | RowSummary | Heartbeat
 
@@ -142,6 +141,7 @@ class Outbox:
             raise OutboxError(f"max_records must be a positive integer, got {max_records!r}")
         self.path = Path(path)
         self.max_records = max_records
+        self._limited = RateLimitedLog(log)  # per outbox: one robot's full outbox is its own condition
         # Two connections: the links read (WAL snapshot) while the writer waits for its fsync.
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -218,7 +218,7 @@ class Outbox:
             ).rowcount
             if n:
                 _bump(c, f"dropped_{kind}", n)
-                _limited.warning(f"full-{kind}", "outbox full (%d records): dropped %d oldest %s record(s)",
+                self._limited.warning(f"full-{kind}", "outbox full (%d records): dropped %d oldest %s record(s)",
                                  self.max_records, n, kind)
                 excess -= n
 
