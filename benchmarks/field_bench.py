@@ -89,7 +89,8 @@ def measure(bundle_dir: Path, data_root: Path, out_dir: Path) -> dict:
         raise SystemExit(f"eval failed:\n{done.stderr[-3000:]}")
     metrics = json.loads(done.stdout[done.stdout.index("{"):])
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    return {"command": " ".join(shlex.quote(c) for c in cmd), "seconds": time.monotonic() - t0,
+    shown = ["python", *(os.path.relpath(c, REPO) if os.path.isabs(c) else c for c in cmd[1:])]
+    return {"command": " ".join(shlex.quote(c) for c in shown), "seconds": time.monotonic() - t0,
             "negatives_written": n_neg, "unboxed_leaf_windows_left_out": n_leafy, "eval": metrics, "calibration": manifest.get("calibration", {}),
             "model": manifest["model"], "files": manifest["files"]}
 
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench_out" / "field")
     ap.add_argument("--md", type=Path, default=REPO / "docs" / "_bench_field.md")
     args = ap.parse_args(argv)
-    bench_cmd = "python benchmarks/field_bench.py" + (f" --bundle {args.bundle}" if args.bundle != default_bundle_path() else "")
+    bench_cmd = "python benchmarks/field_bench.py" + (
+        f" --bundle {os.path.relpath(args.bundle, REPO)}" if args.bundle != default_bundle_path() else "")
     result = measure(args.bundle, args.data_root, args.out)
     bundle = load_bundle(args.bundle)
     result.update(bundle=os.path.relpath(args.bundle, REPO), input=bundle.spec.size[0], model_file=bundle.model_file)
