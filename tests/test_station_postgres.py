@@ -63,7 +63,7 @@ def test_two_receivers_on_one_stream_with_duplicates_store_each_record_once(tmp_
                 for i in range(n):
                     body = json.dumps({"id": f"r1:{OB}:{i + 1}", "record": plant(i).to_dict()}).encode()
                     robot.publish(t, body, qos=1)
-            wait_for(lambda: a.db.record_count() + a.db.rejected().get("duplicate", 0) >= 4 * n, 60,
+            wait_for(lambda: a.db.record_count() >= n and a.db.rejected().get("duplicate", 0) >= 3 * n, 60,
                      "both receivers to handle all 4 copies")
         finally:
             robot.loop_stop()
@@ -71,7 +71,8 @@ def test_two_receivers_on_one_stream_with_duplicates_store_each_record_once(tmp_
         assert a.db.record_count() == n
         assert sorted(p.plant_id for p in a.db.plants("s1")) == list(range(n))
         assert a.mqtt.stored + b.mqtt.stored == n  # each record stored by exactly one receiver
-        assert a.db.rejected() == {"duplicate": 3 * n}
+        rejected = a.db.rejected()  # more than 3n only if the broker redelivered (a receiver's session dropped)
+        assert set(rejected) == {"duplicate"} and rejected["duplicate"] >= 3 * n
         (survey,) = a.db.surveys()
         assert (survey.plants, survey.diseased) == (n, n // 4)
 
@@ -188,6 +189,7 @@ def test_receivers_and_pages_reconnect_after_the_database_server_restarts(tmp_pa
             assert db.insert_records([(f"r1:{OB}:1", plant(0), None)]) == [True]
             with TestClient(create_app(db, tmp_path / "users.json"), raise_server_exceptions=False) as c:
                 assert c.get("/api/surveys/s1/summary", headers=auth).json()["totals"]["plants"] == 1
+                readers = len(c.app.state.station.readers._all)  # one per web worker thread used so far
                 server.restart()
                 batch = [(f"r1:{OB}:2", plant(1), None)]
                 try:
@@ -195,10 +197,10 @@ def test_receivers_and_pages_reconnect_after_the_database_server_restarts(tmp_pa
                 except db.errors:  # the connection was found cut: this batch is not acknowledged
                     stored = db.insert_records(batch)  # the robot's resend
                 assert stored == [True]
-                for _ in range(2):  # the first page on a cut connection may fail; the next reconnects
-                    r = c.get("/api/surveys/s1/summary", headers=auth)
-                    if r.status_code == 200:
-                        break
-                assert r.json()["totals"]["plants"] == 2
+                # A page on a cut read connection fails once (500); that worker then reconnects.
+                failed = 0
+                while (r := c.get("/api/surveys/s1/summary", headers=auth)).status_code != 200 and failed < readers:
+                    failed += 1
+                assert r.status_code == 200 and r.json()["totals"]["plants"] == 2
         finally:
             db.close()
