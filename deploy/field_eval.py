@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from training.data import ImageReadError, Sample, read_image, sample_image
+from training.data import ImageReadError, Sample, sample_image
 from training.metrics import classification_metrics, health_metrics
 from training.sources import IMAGE_SUFFIXES, is_box_folder, scan_sources
 from training.split import Split

@@ -30,7 +30,7 @@ from typing import Iterable
 
 from robot import protocol as P
 from robot.mqtt_link import (DATA_KINDS, MAX_THUMBNAIL_BYTES, MessageError, ack_message, make_client,
-                              parse_mqtt_url, redact_url, seal, topic, unseal)
+                              parse_mqtt_url, seal, topic, unseal)
 from robot.outbox import record_id
 from robot.ratelimit import RateLimitedLog
 from robot.records import ID_PATTERN, RecordError, parse_record_id, record_from_dict

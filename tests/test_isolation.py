@@ -10,7 +10,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import threading
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 
 from conftest import require_binary
 from robot import protocol as P
-from robot.mqtt_link import MqttLink, seal, topic, unseal
+from robot.mqtt_link import MqttLink, topic, unseal
 from robot.outbox import Outbox
 from robot.records import PlantRecord, RecordError, RowSummary, record_from_dict
 from robot.telemetry import Telemetry
