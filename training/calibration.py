@@ -116,6 +116,17 @@ class AbstainThreshold:
     target_met: bool
 
 
+def _cuts(conf: np.ndarray, correct: np.ndarray, target: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Confidences sorted high to low, the precision of accepting the first k+1, and the
+    indices k where that precision reaches ``target``. A cut is only valid after the last
+    of a group of equal confidences (accept >= t)."""
+    order = np.argsort(-conf, kind="stable")
+    conf, correct = conf[order], correct[order].astype(np.float64)
+    precision = np.cumsum(correct) / np.arange(1, len(conf) + 1)
+    last_of_tie = np.r_[conf[1:] != conf[:-1], True]
+    return conf, precision, np.flatnonzero(last_of_tie & (precision >= target - 1e-12))
+
+
 def choose_abstain_threshold(probs: np.ndarray, labels: np.ndarray, target_precision: float) -> AbstainThreshold:
     """The smallest max-probability threshold whose accepted predictions reach the target.
 
@@ -126,15 +137,8 @@ def choose_abstain_threshold(probs: np.ndarray, labels: np.ndarray, target_preci
     if not 0.0 < target_precision <= 1.0:
         raise CalibrationError(f"target_precision must be in (0, 1], got {target_precision!r}")
     probs, labels = _check_scores(probs, labels)
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    order = np.argsort(-conf, kind="stable")
-    conf, correct = conf[order], correct[order]
+    conf, precision, ok = _cuts(probs.max(axis=1), probs.argmax(axis=1) == labels, target_precision)
     n = len(conf)
-    precision = np.cumsum(correct) / np.arange(1, n + 1)
-    # A cut is only valid after the last of a group of equal confidences (accept >= t).
-    last_of_tie = np.r_[conf[1:] != conf[:-1], True]
-    ok = np.flatnonzero(last_of_tie & (precision >= target_precision - 1e-12))
     if len(ok) == 0:
         log.warning("no threshold reaches precision %.3f on %d predictions: abstaining below 1.0", target_precision, n)
         prec, cov = accepted_precision(probs, labels, 1.0)
@@ -341,14 +345,10 @@ def choose_health_threshold(group_p: np.ndarray, correct: np.ndarray, target_acc
     """The smallest threshold on the winning health group's probability whose accepted leaves
     reach ``target_accuracy``; if that keeps fewer than ``min_coverage`` of them, the threshold
     that keeps exactly ``min_coverage`` instead (``target_met`` False)."""
-    order = np.argsort(-group_p, kind="stable")
-    conf, ok = group_p[order], correct[order].astype(np.float64)
-    n = len(conf)
-    if n == 0:
+    if len(group_p) == 0:
         raise CalibrationError("no leaves to choose a health threshold on")
-    acc = np.cumsum(ok) / np.arange(1, n + 1)
-    last_of_tie = np.r_[conf[1:] != conf[:-1], True]
-    meets = np.flatnonzero(last_of_tie & (acc >= target_accuracy - 1e-12))
+    conf, _, meets = _cuts(np.asarray(group_p), np.asarray(correct), target_accuracy)
+    n = len(conf)
     k_min = max(0, int(np.ceil(min_coverage * n)) - 1)
     if len(meets) and meets[-1] >= k_min:
         return float(conf[meets[-1]]), True
@@ -433,7 +433,7 @@ def calibrate_field(
     taxonomy = Taxonomy.from_names(classes)
     bg = taxonomy.background_index
     leaf = y != bg
-    true_g = np.array([Taxonomy.group_names().index(taxonomy.health_of(int(i))) for i in y])
+    true_g = taxonomy.group_masks()[:, y].argmax(axis=0)  # each label's group index
     weight = choose_diseased_weight(cal[leaf], true_g[leaf], taxonomy)
     _, _, decided, health_p = decide_batch(cal[leaf], taxonomy, abstain_below=0.0, on_health=True,
                                            diseased_weight=weight)

@@ -97,7 +97,7 @@ def health_metrics(y_true: np.ndarray, probs: np.ndarray, taxonomy: Any, *, abst
     y, p = _check(y_true, probs)
     index, _, health, _ = decide_batch(p, taxonomy, abstain_below=abstain_below, ood_below=ood_below,
                                        on_health=on_health, diseased_weight=diseased_weight)
-    true_health = np.array([taxonomy.health_of(int(i)) for i in y], dtype=object)
+    true_health = taxonomy.health_names()[y]
     leaf = true_health != BACKGROUND
     covered = leaf & (health != UNCERTAIN)
     plant_called = np.isin(health, [HEALTHY, DISEASED])

@@ -69,22 +69,22 @@ def leafy_fraction(image: np.ndarray) -> float:
     return float(((h >= 25) & (h <= 95) & (sat >= 50) & (val >= 40)).mean())
 
 
-def unboxed_leaf_windows(split: object, samples: list[Sample], max_leafy: float = LEAFY_NEGATIVE_MAX) -> np.ndarray:
+def unboxed_leaf_windows(split: object, samples: Sequence[Sample], max_leafy: float = LEAFY_NEGATIVE_MAX,
+                         images: Sequence[np.ndarray] | None = None) -> np.ndarray:
     """True for background windows of photos without vegetation masks that show leaves.
 
     Such a window is an unboxed leaf, not a negative: calibration, thresholds and the
-    negatives benchmark leave it out (training may too, ``--background-max-leafy``).
+    negatives benchmark leave it out, and training may too (``--background-max-leafy``).
+    ``images`` are the samples' pixels when already decoded (else each window is read).
     """
-    from vision.taxonomy import BACKGROUND as _BG
-
     out = np.zeros(len(samples), bool)
-    if _BG not in split.classes:
+    if BACKGROUND not in split.classes:
         return out
-    bg = split.classes.index(_BG)
+    bg = split.classes.index(BACKGROUND)
     masked = [(Path(root) / "masks").is_dir() for root in split.source_roots()]
     for i, s in enumerate(samples):
         if s.label == bg and s.box is not None and not masked[s.source]:
-            out[i] = leafy_fraction(sample_image(s)) > max_leafy
+            out[i] = leafy_fraction(sample_image(s) if images is None else images[i]) > max_leafy
     return out
 
 

@@ -278,18 +278,13 @@ def _train_set(split: Split, spec: PreprocessSpec, config: TrainConfig, info: Di
 
 def _clean_backgrounds(images: np.ndarray, samples: list, split: Split, max_leafy: float | None) -> np.ndarray:
     """False for background windows of unmasked box folders that show leaves (``max_leafy``)."""
-    keep = np.ones(len(samples), bool)
-    if max_leafy is None or BACKGROUND not in split.classes:
-        return keep
-    from .sources import leafy_fraction
+    if max_leafy is None:
+        return np.ones(len(samples), bool)
+    from .sources import unboxed_leaf_windows
 
-    bg = split.classes.index(BACKGROUND)
-    masked = [(root / "masks").is_dir() for root in split.source_roots()]
-    for i, s in enumerate(samples):
-        if s.label == bg and s.box is not None and not masked[s.source]:
-            keep[i] = leafy_fraction(images[i]) <= max_leafy
-    log.info("background windows: %d of %d kept (at most %.0f%% leaf-coloured pixels)",
-             int(keep[[s.label == bg for s in samples]].sum()), sum(s.label == bg for s in samples), 100 * max_leafy)
+    keep = ~unboxed_leaf_windows(split, samples, max_leafy, images)
+    log.info("background windows: %d showing leaves dropped from training (over %.0f%% leaf-coloured pixels)",
+             int((~keep).sum()), 100 * max_leafy)
     return keep
 
 

@@ -80,7 +80,7 @@ def decide_batch(probs: np.ndarray, taxonomy: Taxonomy, *, abstain_below: float,
     best_p = probs[rows, best]
     if not on_health:
         index = np.where(best_p < abstain_below, UNCERTAIN_INDEX, best)
-        health = np.array([taxonomy.health_of(i) for i in range(len(taxonomy))], dtype=object)[best]
+        health = taxonomy.health_names()[best]
         health[index == UNCERTAIN_INDEX] = UNCERTAIN
         return index, best_p, health, best_p
     groups = taxonomy.group_probs(probs)  # (background, healthy, diseased)
@@ -90,8 +90,7 @@ def decide_batch(probs: np.ndarray, taxonomy: Taxonomy, *, abstain_below: float,
     g = groups.argmax(axis=1)
     g_p = groups[rows, g]
     health = np.array(Taxonomy.group_names(), dtype=object)[g]
-    masks = np.stack([taxonomy.mask(h) for h in Taxonomy.group_names()])  # [3, C]
-    index = np.where(masks[g], probs, -1.0).argmax(axis=1)  # best class inside the winning group
+    index = np.where(taxonomy.group_masks()[g], probs, -1.0).argmax(axis=1)  # best class inside the winning group
     conf = probs[rows, index]
     plant = health != BACKGROUND
     unsure = plant & ((g_p < abstain_below) | (best_p < ood_below))

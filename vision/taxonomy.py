@@ -93,6 +93,8 @@ class Taxonomy:
         self._groups = np.zeros((len(self.classes), len(_GROUPS)), np.float32)
         for i, h in enumerate(health):
             self._groups[i, _GROUPS.index(h)] = 1.0
+        self._masks = self._groups.T > 0  # [3, C]: which classes are in each group
+        self._health_names = np.array(health, dtype=object)
         backgrounds = [i for i, h in enumerate(health) if h == BACKGROUND]
         if len(backgrounds) > 1:
             raise TaxonomyError(f"at most one background class, got {[self.classes[i] for i in backgrounds]}")
@@ -126,7 +128,15 @@ class Taxonomy:
 
     def mask(self, health: str) -> np.ndarray:
         """Boolean [C]: which classes have this health value."""
-        return self._groups[:, _GROUPS.index(health)] > 0
+        return self._masks[_GROUPS.index(health)]
+
+    def group_masks(self) -> np.ndarray:
+        """Boolean [3, C]: class membership of (background, healthy, diseased), as ``group_probs`` orders them."""
+        return self._masks
+
+    def health_names(self) -> np.ndarray:
+        """[C] object array: each class's health value."""
+        return self._health_names
 
     def group_probs(self, probs: np.ndarray) -> np.ndarray:
         """[N, C] class probabilities -> [N, 3] probabilities of (background, healthy, diseased)."""
