@@ -89,6 +89,8 @@ def test_each_poison_payload_next_to_valid_records_loses_none_of_them(tmp_path, 
         assert rejected.get("invalid", 0) + rejected.get("malformed", 0) == 9, rejected
         # the ones whose id could be read are acknowledged as rejected: the robot drops them
         wait_for(lambda: sum(len(a.get("rejected", [])) for a in acks) >= 6, 10, "rejection acks")
+        # Acks of stored records come in their own batches: wait for them too, then count exactly.
+        wait_for(lambda: sum(len(a["ids"]) for a in acks) >= len(valid), 10, "acks of every stored record")
         assert sum(len(a["ids"]) for a in acks) == len(valid)
         c.loop_stop()
         c.disconnect()
