@@ -14,7 +14,7 @@ times real HTTP requests (keep-alive, HTTP Basic auth):
 * ``leafscout report`` as a separate process: wall time, CPU time and peak RSS.
 
 ``--postgres`` runs the same on a PostgreSQL server started on loopback for the run
-(``station.pg_server``, default durability) instead of a SQLite file.
+(``leafscout.station.pg_server``, default durability) instead of a SQLite file.
 
     .venv/bin/python benchmarks/dashboard_bench.py --plants 100000 --md docs/_bench_dashboard.md
     .venv/bin/python benchmarks/dashboard_bench.py --plants 100000 --postgres --md docs/_bench_dashboard_pg.md
@@ -41,12 +41,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from robot.records import PlantRecord  # noqa: E402
-from station.db import open_db  # noqa: E402
-from station.web.app import create_app  # noqa: E402
-from station.web.auth import add_user  # noqa: E402
-from station.web.sample_data import fill_survey  # noqa: E402
-from station.web.server import WebServer  # noqa: E402
+from leafscout.robot.records import PlantRecord  # noqa: E402
+from leafscout.station.db import open_db  # noqa: E402
+from leafscout.station.web.app import create_app  # noqa: E402
+from leafscout.station.web.auth import add_user  # noqa: E402
+from leafscout.station.web.sample_data import fill_survey  # noqa: E402
+from leafscout.station.web.server import WebServer  # noqa: E402
 
 TARGET_MS = 10.0  # field page and its API, p50 on a kept-alive connection (issue #16)
 CONCURRENT_P99_MS = 300.0
@@ -160,7 +160,7 @@ def _db_mb(db_path: Path | str) -> float:
 
 
 def run(plants: int, repeats: int, workdir: Path, pg=None) -> dict:
-    """``pg``: a started ``station.pg_server.PostgresServer`` to run on instead of SQLite."""
+    """``pg``: a started ``leafscout.station.pg_server.PostgresServer`` to run on instead of SQLite."""
     rows = 50
     per_row = plants // rows
     db_path = pg.database("big") if pg is not None else workdir / "station.db"
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dashboard_bench_") as tmp, contextlib.ExitStack() as stack:
         pg = None
         if args.postgres:
-            from station.pg_server import PostgresServer
+            from leafscout.station.pg_server import PostgresServer
 
             pg = stack.enter_context(PostgresServer(fast=False))
         result = run(args.plants, args.repeats, Path(tmp), pg)

@@ -28,11 +28,11 @@ import cv2
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from deploy.data import read_bundle_split  # noqa: E402
-from training.data import sample_image  # noqa: E402
-from training.sources import LEAFY_NEGATIVE_MAX, unboxed_leaf_windows  # noqa: E402
-from vision.bundle import default_bundle_path, load_bundle  # noqa: E402
-from vision.taxonomy import BACKGROUND  # noqa: E402
+from leafscout.deploy.data import read_bundle_split  # noqa: E402
+from leafscout.training.data import sample_image  # noqa: E402
+from leafscout.training.sources import LEAFY_NEGATIVE_MAX, unboxed_leaf_windows  # noqa: E402
+from leafscout.vision.bundle import default_bundle_path, load_bundle  # noqa: E402
+from leafscout.vision.taxonomy import BACKGROUND  # noqa: E402
 
 FIELD_SOURCE = "plantdoc"
 LAB_SOURCE = "plantvillage"

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quality", type=int, default=75, help="OpenCV encoder quality (default 75, the simulator's)")
     args = p.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from robot.simulate import FieldConfig, FieldSimulator, LeafBank, mjpeg_writer
+    from leafscout.robot.simulate import FieldConfig, FieldSimulator, LeafBank, mjpeg_writer
 
     bank = LeafBank.from_folder(args.leaves, per_class=5, seed=0) if args.leaves else LeafBank.synthetic(seed=0)
     sim = FieldSimulator(FieldConfig(seed=0), bank)

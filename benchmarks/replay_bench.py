@@ -10,10 +10,10 @@ CPU core with one thread, and writes ``replay_bench.json`` plus the markdown fra
 ``docs/_bench_robot.md``. Capture runs in the loop's own thread here, so each stage's
 time is exactly its own (the threaded capture's frames/s is reported beside it).
 
-``--conditions`` adds the field's hard cases (``robot.conditions``): one field per
+``--conditions`` adds the field's hard cases (``leafscout.robot.conditions``): one field per
 condition, scored for count and per-row incidence error and timed, plus bare fields
 (no plants at all) of every soil texture, where the count must be 0. ``--cwfid``
-adds the vegetation IoU of ``vision.localize.vegetation_mask`` on the cwfid field
+adds the vegetation IoU of ``leafscout.vision.localize.vegetation_mask`` on the cwfid field
 images: odd-numbered images are held out (never looked at while tuning), even ones
 were used for tuning; both are reported.
 """
@@ -60,15 +60,15 @@ def pin_one_core() -> str:
 
 
 def get_bundle(path: Path | None, work: Path) -> Path:
-    from vision.bundle import default_bundle_path
+    from leafscout.vision.bundle import default_bundle_path
 
     if path is not None:
         return path
     default = default_bundle_path()
     if (default / "manifest.json").is_file():
         return default
-    from deploy.export import export_bundle
-    from deploy.testing import make_tiny_run
+    from leafscout.deploy.export import export_bundle
+    from leafscout.deploy.testing import make_tiny_run
 
     tiny = work / "tiny_bundle"
     if not (tiny / "manifest.json").is_file():
@@ -80,9 +80,9 @@ def get_bundle(path: Path | None, work: Path) -> Path:
 
 
 def get_leaves(bundle, leaves_dir: Path | None, per_class: int, seed: int):
-    from robot.simulate import LeafBank
-    from training.data import default_data_dir
-    from training.synthetic import SYNTHETIC_CLASSES
+    from leafscout.robot.simulate import LeafBank
+    from leafscout.training.data import default_data_dir
+    from leafscout.training.synthetic import SYNTHETIC_CLASSES
 
     if list(bundle.classes) == list(SYNTHETIC_CLASSES):
         bank = LeafBank.synthetic(seed=1000 + seed, per_class=per_class)
@@ -102,8 +102,8 @@ def backdrop_gap(bundle, bank, root: Path | None, quality: int, work: Path) -> d
     import cv2
     import numpy as np
 
-    from robot.simulate import mjpeg_writer, paste_leaf, soil_texture
-    from training.data import read_image
+    from leafscout.robot.simulate import mjpeg_writer, paste_leaf, soil_texture
+    from leafscout.training.data import read_image
 
     if root is None:
         return None
@@ -138,11 +138,11 @@ def backdrop_gap(bundle, bank, root: Path | None, quality: int, work: Path) -> d
 
 def replay(run: Path, bundle, *, threaded: bool, crop_fill: int | None = None, live: bool = False) -> dict:
     """``leafscout run`` over a recorded field; ``live``: paced at its frame rate, as a camera delivers."""
-    from robot.camera import open_capture
-    from robot.gps import FieldGeometry, GpsPosition, NmeaLog
-    from robot.runtime import Runtime, RuntimeConfig
-    from robot.survey_store import SurveyStore
-    from vision.classifier import LeafClassifier
+    from leafscout.robot.camera import open_capture
+    from leafscout.robot.gps import FieldGeometry, GpsPosition, NmeaLog
+    from leafscout.robot.runtime import Runtime, RuntimeConfig
+    from leafscout.robot.survey_store import SurveyStore
+    from leafscout.vision.classifier import LeafClassifier
 
     positions = GpsPosition(NmeaLog(run / "gps.nmea"), FieldGeometry.load(run / "field.json"))
     with open_capture(str(run / "field.avi"), threaded=threaded or live, live=live) as cap, SurveyStore(None) as store:
@@ -159,7 +159,7 @@ def replay(run: Path, bundle, *, threaded: bool, crop_fill: int | None = None, l
 
 def live_run(run: Path, bundle, crop_fill: int | None) -> dict:
     """The recording as a live camera, paced at its frame rate: frames dropped, lag, what was counted."""
-    from robot.simulate import score_report
+    from leafscout.robot.simulate import score_report
 
     report = replay(run, bundle, threaded=True, crop_fill=crop_fill, live=True)
     score = score_report(report, json.loads((run / "truth.json").read_text()))
@@ -172,8 +172,8 @@ def live_run(run: Path, bundle, crop_fill: int | None) -> dict:
 def condition_suite(bundle, leaves, names: list[str], rows: int, length: float, seed: int, work: Path,
                     crop_fill: int | None) -> dict:
     """Each condition's field, counted and timed; then bare fields of every texture (the count must be 0)."""
-    from robot.conditions import SOIL_TEXTURES
-    from robot.simulate import FieldConfig, score_report, simulate_run
+    from leafscout.robot.conditions import SOIL_TEXTURES
+    from leafscout.robot.simulate import FieldConfig, score_report, simulate_run
 
     out: dict = {"fields": {}, "bare": {}}
     for name in names:
@@ -207,7 +207,7 @@ def cwfid_iou(root: Path) -> dict:
     import cv2
     import numpy as np
 
-    from vision.localize import vegetation_mask
+    from leafscout.vision.localize import vegetation_mask
 
     out: dict = {}
     for part, parity in (("held_out", 1), ("tuning", 0)):
@@ -259,7 +259,7 @@ Bare fields (no plants at all; target: 0 counted):
         text += f"""
 ### Vegetation IoU on cwfid (`--cwfid`)
 
-`vision.localize.vegetation_mask` with its default settings, full resolution, against the cwfid masks.
+`leafscout.vision.localize.vegetation_mask` with its default settings, full resolution, against the cwfid masks.
 Held out (odd image numbers, never looked at while tuning): **{h['mean_iou']:.3f}** mean IoU over {h['images']} images
 (worst {h['min_iou']:.3f}), {h['ms_per_image']:.1f} ms per 648x483 image; tuning images (even numbers):
 {t['mean_iou']:.3f} (worst {t['min_iou']:.3f}). Target: >= 0.85 on the held-out images.
@@ -376,8 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     pinning = pin_one_core()
 
-    from robot.simulate import FieldConfig, score_report, simulate_run
-    from vision.bundle import load_bundle
+    from leafscout.robot.simulate import FieldConfig, score_report, simulate_run
+    from leafscout.vision.bundle import load_bundle
 
     args.out.mkdir(parents=True, exist_ok=True)
     bundle_dir = get_bundle(args.bundle, args.out)
@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": report,
     }
     if args.conditions and args.conditions != "none":
-        from robot.conditions import CONDITIONS
+        from leafscout.robot.conditions import CONDITIONS
 
         names = ["plain", *CONDITIONS] if args.conditions == "all" else args.conditions.split(",")
         result["conditions"] = condition_suite(bundle, leaves, names, args.rows, args.row_length, args.seed, args.out,

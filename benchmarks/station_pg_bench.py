@@ -1,6 +1,6 @@
 """Several receivers on one PostgreSQL database: every record of a duplicated stream stored once.
 
-A real Mosquitto broker and a real PostgreSQL server (``station.pg_server``, PostgreSQL's
+A real Mosquitto broker and a real PostgreSQL server (``leafscout.station.pg_server``, PostgreSQL's
 default durability: fsync and synchronous commit on) on loopback. ``--receivers`` separate
 ``leafscout station`` processes (one per gateway, their own MQTT client ids) subscribe to
 the same topics, so each gets every message; ``--robots`` robots publish ``--records``
@@ -31,10 +31,10 @@ sys.path.insert(0, str(REPO))
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
-from robot.mqtt_link import topic  # noqa: E402
-from robot.records import PlantRecord  # noqa: E402
-from station.broker import Broker  # noqa: E402
-from station.pg_server import PostgresServer  # noqa: E402
+from leafscout.robot.mqtt_link import topic  # noqa: E402
+from leafscout.robot.records import PlantRecord  # noqa: E402
+from leafscout.station.broker import Broker  # noqa: E402
+from leafscout.station.pg_server import PostgresServer  # noqa: E402
 
 OB = "00112233445566778899aabbccddeeff"
 T0 = 1_780_000_000.0

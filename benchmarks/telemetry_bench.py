@@ -28,14 +28,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from station.broker import Broker  # noqa: E402
-from robot.mqtt_link import MqttLink  # noqa: E402
-from robot.outbox import Outbox  # noqa: E402
-from robot.records import PlantRecord  # noqa: E402
-from robot.serial_link import BITS_PER_BYTE, SerialLink  # noqa: E402
-from robot.telemetry import Telemetry  # noqa: E402
-from station.db import open_db  # noqa: E402
-from station.receiver import Station  # noqa: E402
+from leafscout.station.broker import Broker  # noqa: E402
+from leafscout.robot.mqtt_link import MqttLink  # noqa: E402
+from leafscout.robot.outbox import Outbox  # noqa: E402
+from leafscout.robot.records import PlantRecord  # noqa: E402
+from leafscout.robot.serial_link import BITS_PER_BYTE, SerialLink  # noqa: E402
+from leafscout.robot.telemetry import Telemetry  # noqa: E402
+from leafscout.station.db import open_db  # noqa: E402
+from leafscout.station.receiver import Station  # noqa: E402
 from telemetry_faults import crash_loop, decode_stream, fault_stream, run_kill_loop, wait_for  # noqa: E402
 
 T0 = 1_780_000_000.0

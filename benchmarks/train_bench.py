@@ -24,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from training.data import default_data_dir  # noqa: E402
-from training.evaluate import evaluate_checkpoint  # noqa: E402
+from leafscout.training.data import default_data_dir  # noqa: E402
+from leafscout.training.evaluate import evaluate_checkpoint  # noqa: E402
 
 log = logging.getLogger("train_bench")
 

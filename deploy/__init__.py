@@ -3,5 +3,5 @@
 ``fold`` (BatchNorm folding), ``onnx_export`` (graph + checks), ``quantize`` (static
 int8), ``parity`` (the gates), ``manifest`` (embed, hash, sign), ``export`` (checkpoint
 to bundle), ``verify``, ``evaluate``, ``bench``, ``cli``. Loading bundles lives in
-``vision.bundle`` because the robot has no torch.
+``leafscout.vision.bundle`` because the robot has no torch.
 """

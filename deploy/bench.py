@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from training.checkpoint import load_checkpoint
-from vision import create_model
-from vision.bundle import FP32_NAME, INT8_NAME, load_bundle
+from leafscout.training.checkpoint import load_checkpoint
+from leafscout.vision import create_model
+from leafscout.vision.bundle import FP32_NAME, INT8_NAME, load_bundle
 
 from .fold import fold_batchnorm
 from .runtimes import ort_session

@@ -21,7 +21,7 @@ def _public_key(path: str | None) -> bytes | None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from vision.bundle import BundleError
+    from leafscout.vision.bundle import BundleError
 
     from .errors import DeployError, ParityError
     from .export import describe, export_bundle
@@ -62,7 +62,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from vision.bundle import BundleError
+    from leafscout.vision.bundle import BundleError
 
     from .bench import bench_bundle, format_table
 

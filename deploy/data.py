@@ -12,14 +12,15 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
-from training.data import REPO_ROOT, ImageReadError, Sample, default_data_dir, sample_image
-from training.split import Split, SplitError, load_split
-from vision import PreprocessSpec
+from leafscout.training.data import ImageReadError, Sample, sample_image
+from leafscout.training import split as _split
+from leafscout.training.split import SPLIT_MANIFEST_NAME, Split, SplitError
+from leafscout.vision import PreprocessSpec
 
 from .errors import DeployDataError
 
@@ -28,91 +29,23 @@ __all__ = ["SPLIT_MANIFEST_NAME", "BUNDLE_SPLIT_NAME", "split_beside", "resolve_
 
 log = logging.getLogger(__name__)
 
-SPLIT_MANIFEST_NAME = "split.json"
 BUNDLE_SPLIT_NAME = "split.json.gz"
 
 
 def split_beside(checkpoint: str | os.PathLike) -> Path:
-    """``split.json`` in the checkpoint's run directory, where training writes it."""
-    path = Path(checkpoint).resolve().parent / SPLIT_MANIFEST_NAME
-    if not path.is_file():
-        raise DeployDataError(
-            f"no split manifest {path}: export needs the run's {SPLIT_MANIFEST_NAME} beside the checkpoint "
-            "to find evaluation and calibration images"
-        )
-    return path
-
-
-def _candidates(name: str, recorded: Path, index: int, data: list[Path], n_sources: int) -> list[Path]:
-    """Folders that may hold source ``name`` now: a --data folder of that name or the only
-    --data folder (one source), else the recorded root, the shared data folder, the default."""
-    out = [d for d in data if d.name == name]
-    if len(data) == 1 and n_sources == 1:
-        out.append(data[0])
-    if out:  # a folder given for this source is the only place to look
-        return list(dict.fromkeys(out))
-    out.append(recorded)
-    shared = REPO_ROOT.parent / "shared" / "data" / name
-    out.append(shared)
-    fallback = default_data_dir()
-    if index == 0 and fallback is not None:
-        out.append(Path(fallback))
-    seen, unique = set(), []
-    for p in out:
-        if p not in seen:
-            seen.add(p)
-            unique.append(p)
-    return unique
-
-
-def resolve_split(
-    manifest_path: str | os.PathLike,
-    *,
-    data: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-    expected_sha256: str | None = None,
-    classes: list[str] | None = None,
-    strict: bool = True,
-) -> Split:
-    """Load a split manifest, check it is the expected one, and point each source at a folder that has its images.
-
-    ``strict=False`` leaves a source whose images are nowhere at its recorded root
-    instead of raising (for evaluating only some of the sources).
-
-    For each source tries a ``data`` folder of the same name (or the only one, for a
-    one-source split), the recorded root, ``../shared/data/NAME`` beside the checkout,
-    then ``default_data_dir()``.
-    """
+    """``split.json`` beside a checkpoint (``training.split.split_beside``), as a deploy error."""
     try:
-        split = load_split(manifest_path)
+        return _split.split_beside(checkpoint)
     except SplitError as e:
         raise DeployDataError(str(e)) from e
-    if expected_sha256 and split.sha256 != expected_sha256:
-        raise DeployDataError(
-            f"{manifest_path} has sha256 {split.sha256}, but the model was trained on split {expected_sha256}"
-        )
-    if classes is not None and list(split.classes) != list(classes):
-        raise DeployDataError(f"{manifest_path} lists classes {split.classes}, the model has {classes}")
-    dirs = [] if data is None else [Path(data)] if isinstance(data, (str, os.PathLike)) else [Path(d) for d in data]
-    roots, names, recorded = {}, split.source_names(), split.source_roots()
-    for i, (name, root) in enumerate(zip(names, recorded)):
-        probe = next((s for s, _ in split.items if s.source == i), None)
-        tried = []
-        for cand in _candidates(name, root, i, dirs, len(names)):
-            if probe is None or (cand / probe.path.relative_to(root)).is_file():
-                roots[name] = cand
-                break
-            tried.append(str(cand))
-        else:
-            if not strict:
-                roots[name] = root
-                continue
-            raise DeployDataError(
-                f"the images of source {name!r} listed in {manifest_path} are not under {' or '.join(tried)}; "
-                "pass --data DIR pointing at that data folder"
-            )
-    if split.sources:
-        return load_split(manifest_path, roots=roots)
-    return load_split(manifest_path, root=roots[names[0]]) if roots[names[0]] != split.root else split
+
+
+def resolve_split(manifest_path: str | os.PathLike, **kwargs: Any) -> Split:
+    """``training.split.resolve_split`` (see there), as a deploy error."""
+    try:
+        return _split.resolve_split(manifest_path, **kwargs)
+    except SplitError as e:
+        raise DeployDataError(str(e)) from e
 
 
 def write_bundle_split(split_manifest: str | os.PathLike, bundle_dir: Path) -> Path:

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from training.data import scan_folder
-from training.metrics import classification_metrics
-from vision.bundle import Bundle, default_bundle_path, load_bundle
+from leafscout.training.data import scan_folder
+from leafscout.training.metrics import classification_metrics
+from leafscout.vision.bundle import Bundle, default_bundle_path, load_bundle
 
 from .data import BUNDLE_SPLIT_NAME, load_images, read_bundle_split
 from .errors import DeployDataError

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from training.checkpoint import checkpoint_preprocess, file_sha256, leafscout_version, load_checkpoint
-from training.metrics import classification_metrics, health_metrics
-from vision import count_macs, count_params
-from vision.bundle import FORMAT, FP32_NAME, INT8_NAME, SELFTEST_NAME, load_bundle, softmax
-from vision.taxonomy import Taxonomy
+from leafscout.training.checkpoint import checkpoint_preprocess, file_sha256, leafscout_version, load_checkpoint
+from leafscout.training.metrics import classification_metrics, health_metrics
+from leafscout.vision import count_macs, count_params
+from leafscout.vision.bundle import FORMAT, FP32_NAME, INT8_NAME, SELFTEST_NAME, load_bundle, softmax
+from leafscout.vision.taxonomy import Taxonomy
 
 from .data import BUNDLE_SPLIT_NAME, load_images, pick_calibration, resolve_split, split_beside, write_bundle_split
 from .errors import BundleExistsError, ParityError

@@ -6,7 +6,7 @@ it never saw: an ImageFolder tree or a box folder whose class names join the mod
 label space through the taxonomy's names. ``negatives`` is a folder of images that
 hold no leaf (any layout): each should come out ``background`` or ``uncertain``, and
 ``negatives_called_plant`` says how many do not. Decisions are the robot's own
-(``vision.classifier.decide_batch`` with the model's calibration), so these numbers
+(``leafscout.vision.classifier.decide_batch`` with the model's calibration), so these numbers
 are what a field map would show.
 """
 from __future__ import annotations
@@ -20,13 +20,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from training.data import ImageReadError, Sample, sample_image
-from training.metrics import classification_metrics, health_metrics
-from training.sources import IMAGE_SUFFIXES, is_box_folder, scan_sources
-from training.split import Split
-from vision.bundle import softmax
-from vision.preprocess import PreprocessSpec
-from vision.taxonomy import BACKGROUND, Taxonomy
+from leafscout.training.data import ImageReadError, Sample, sample_image
+from leafscout.training.metrics import classification_metrics, health_metrics
+from leafscout.training.sources import IMAGE_SUFFIXES, is_box_folder, scan_sources
+from leafscout.training.split import Split
+from leafscout.vision.bundle import softmax
+from leafscout.vision.preprocess import PreprocessSpec
+from leafscout.vision.taxonomy import BACKGROUND, Taxonomy
 
 from .errors import DeployDataError
 
@@ -56,7 +56,7 @@ class Model:
 
 
 def _bundle_model(path: Path, int8: bool | None) -> Model:
-    from vision.bundle import load_bundle
+    from leafscout.vision.bundle import load_bundle
 
     from .data import BUNDLE_SPLIT_NAME, read_bundle_split
 
@@ -75,7 +75,7 @@ def _bundle_model(path: Path, int8: bool | None) -> Model:
 def _checkpoint_model(path: Path) -> Model:
     import torch
 
-    from training.checkpoint import checkpoint_preprocess, load_checkpoint
+    from leafscout.training.checkpoint import checkpoint_preprocess, load_checkpoint
 
     from .data import resolve_split, split_beside
 
@@ -162,8 +162,8 @@ def _negative_samples(model: Model, root: Path) -> list[Sample]:
 
 
 def _negatives_report(model: Model, samples: list[Sample]) -> dict[str, Any]:
-    from vision.classifier import decide_batch
-    from vision.taxonomy import DISEASED, HEALTHY
+    from leafscout.vision.classifier import decide_batch
+    from leafscout.vision.taxonomy import DISEASED, HEALTHY
 
     probs, ok = _predict(model, samples, "negatives")
     _, _, health, _ = decide_batch(probs[ok], model.taxonomy, abstain_below=model.abstain_below,

@@ -2,7 +2,7 @@
 
 Order matters: the manifest (without ``files``) goes into each model's ONNX metadata
 first, then the files are hashed, then ``manifest.json`` is written with the hashes,
-then ``manifest.sig`` over those exact bytes. ``vision.bundle.load_bundle`` checks all of it.
+then ``manifest.sig`` over those exact bytes. ``leafscout.vision.bundle.load_bundle`` checks all of it.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import onnx
 
-from training.checkpoint import file_sha256
-from vision.bundle import FP32_NAME, INT8_NAME, MANIFEST_NAME, METADATA_KEY, SIGNATURE_NAME
+from leafscout.training.checkpoint import file_sha256
+from leafscout.vision.bundle import FP32_NAME, INT8_NAME, MANIFEST_NAME, METADATA_KEY, SIGNATURE_NAME
 
 from .errors import DeployError
 

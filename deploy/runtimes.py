@@ -8,7 +8,7 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
-from vision.bundle import session_options
+from leafscout.vision.bundle import session_options
 
 __all__ = ["torch_logits", "ort_session", "ort_logits"]
 

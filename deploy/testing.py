@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.checkpoint import save_checkpoint
-from training.data import scan_folder
-from training.split import make_split
-from training.synthetic import generate_dataset
-from vision import PreprocessSpec, create_model
+from leafscout.training.checkpoint import save_checkpoint
+from leafscout.training.data import scan_folder
+from leafscout.training.split import make_split
+from leafscout.training.synthetic import generate_dataset
+from leafscout.vision import PreprocessSpec, create_model
 
 from .data import SPLIT_MANIFEST_NAME, load_images
 

@@ -15,15 +15,16 @@ from . import __version__
 
 # Order is the order shown in --help.
 _COMMAND_MODULES = (
-    "training.cli",
-    "training.study_cli",
-    "deploy.cli",
-    "robot.cli",
-    "robot.bundle_cli",
-    "robot.service_cli",
-    "station.cli",
-    "station.report_cli",
-    "station.web.users_cli",
+    "leafscout.training.cli",
+    "leafscout.deploy.eval_cli",
+    "leafscout.training.study_cli",
+    "leafscout.deploy.cli",
+    "leafscout.robot.cli",
+    "leafscout.robot.bundle_cli",
+    "leafscout.robot.service_cli",
+    "leafscout.station.cli",
+    "leafscout.station.report_cli",
+    "leafscout.station.web.users_cli",
 )
 
 

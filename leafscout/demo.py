@@ -36,7 +36,7 @@ def leafscout(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def _wait_for_records(db: Path, expected: int, timeout: float) -> int:
     """Poll the station database until it holds ``expected`` plant records (or time runs out)."""
-    from station.db import open_db
+    from leafscout.station.db import open_db
 
     deadline = time.monotonic() + timeout
     stored = 0
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir = Path(data)
     else:
         _say("1/8 data: drawing synthetic leaves (set LEAFSCOUT_DATA=DIR to use a PlantVillage folder)")
-        from training.synthetic import generate_dataset
+        from leafscout.training.synthetic import generate_dataset
 
         data_dir = generate_dataset(out / "leaves", per_class=200, size=96, seed=0)
         print(f"synthetic leaves in {data_dir}")
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     leafscout("simulate", "--leaves", data_dir, "--split", run / "split.json", "--part", "test", "--out", field)
 
     _say("6/8 start Mosquitto and the base station (serial over a pty pair, MQTT on loopback)")
-    from station.broker import Broker
+    from leafscout.station.broker import Broker
 
     broker = Broker(out / "mosquitto", robots=[ROBOT_ID]).start()
     keys = out / "keys"  # per-robot HMAC keys: the station keeps the directory, the robot its own file

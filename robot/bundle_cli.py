@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _install(args: argparse.Namespace) -> int:
-    from vision.bundle import BundleError
+    from leafscout.vision.bundle import BundleError
 
     from .bundle_store import BundleStore, DowngradeError
 

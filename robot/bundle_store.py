@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from vision.bundle import (
+from leafscout.vision.bundle import (
     INT8_NAME,
     SELFTEST_NAME,
     Bundle,

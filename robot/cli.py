@@ -241,8 +241,8 @@ def _run(args: argparse.Namespace) -> int:
 
     import cv2
 
-    from vision.bundle import BundleError
-    from vision.classifier import ClassifierError, LeafClassifier
+    from leafscout.vision.bundle import BundleError
+    from leafscout.vision.classifier import ClassifierError, LeafClassifier
 
     from .bundle_store import load_run_bundle
     from .camera import CameraError, open_capture
@@ -376,10 +376,10 @@ def _image_paths(items: list[Path]) -> list[Path]:
 def _detect(args: argparse.Namespace) -> int:
     import cv2
 
-    from training.data import ImageReadError, read_image
-    from vision.bundle import BundleError, default_bundle_path, load_bundle
-    from vision.classifier import LeafClassifier
-    from vision.detect import Detector
+    from leafscout.training.data import ImageReadError, read_image
+    from leafscout.vision.bundle import BundleError, default_bundle_path, load_bundle
+    from leafscout.vision.classifier import LeafClassifier
+    from leafscout.vision.detect import Detector
 
     from .annotate import draw
     from .config import ConfigError, load_config

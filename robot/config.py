@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vision.localize import LocalizeConfig
-from vision.white_balance import WhiteBalance
+from leafscout.vision.localize import LocalizeConfig
+from leafscout.vision.white_balance import WhiteBalance
 
 from .tracker import TrackerConfig
 

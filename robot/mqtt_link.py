@@ -32,9 +32,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 
-from robot.outbox import Outbox, OutboxItem
-from robot.ratelimit import RateLimitedLog
-from robot.telemetry import LinkWorker
+from leafscout.robot.outbox import Outbox, OutboxItem
+from leafscout.robot.ratelimit import RateLimitedLog
+from leafscout.robot.telemetry import LinkWorker
 
 log = logging.getLogger(__name__)
 _limited = RateLimitedLog(log)

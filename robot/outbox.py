@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from robot.ratelimit import RateLimitedLog
-from robot.records import Heartbeat, PlantRecord, RowSummary, record_from_dict
+from leafscout.robot.ratelimit import RateLimitedLog
+from leafscout.robot.records import Heartbeat, PlantRecord, RowSummary, record_from_dict
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,10 @@ from typing import Any, Protocol, Sequence
 import cv2
 import numpy as np
 
-from vision.classifier import LeafClassifier
-from vision.taxonomy import BACKGROUND
-from vision.localize import LeafLocalizer, LocalizeConfig, masked_square_crop, square_crop
-from vision.white_balance import SOIL_BGR, WhiteBalance, apply_gains, balance_gains
+from leafscout.vision.classifier import LeafClassifier
+from leafscout.vision.taxonomy import BACKGROUND
+from leafscout.vision.localize import LeafLocalizer, LocalizeConfig, masked_square_crop, square_crop
+from leafscout.vision.white_balance import SOIL_BGR, WhiteBalance, apply_gains, balance_gains
 
 from .camera import Capture, Frame
 from .field_stats import FieldStats, wilson_interval

@@ -27,11 +27,11 @@ from typing import Callable, Protocol as TypingProtocol
 
 import serial
 
-from robot import protocol as P
-from robot.outbox import Outbox, OutboxItem
-from robot.ratelimit import RateLimitedLog
-from robot.records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
-from robot.telemetry import LinkWorker
+from leafscout.robot import protocol as P
+from leafscout.robot.outbox import Outbox, OutboxItem
+from leafscout.robot.ratelimit import RateLimitedLog
+from leafscout.robot.records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
+from leafscout.robot.telemetry import LinkWorker
 
 log = logging.getLogger(__name__)
 _limited = RateLimitedLog(log)

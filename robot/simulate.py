@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from vision.taxonomy import info_from_name
+from leafscout.vision.taxonomy import info_from_name
 
 from .camera import CameraError, Frame, FrameSource
 from .conditions import CONDITIONS, SPACING, ConditionError, parse_conditions
@@ -170,7 +170,7 @@ class LeafBank:
 
     @classmethod
     def synthetic(cls, seed: int = 0, per_class: int = 16, size: int = 160) -> "LeafBank":
-        from training.synthetic import SYNTHETIC_CLASSES, draw_leaf
+        from leafscout.training.synthetic import SYNTHETIC_CLASSES, draw_leaf
 
         rng = np.random.default_rng([seed, 7])
         leaves = []
@@ -189,14 +189,14 @@ class LeafBank:
 
         ``split`` is a ``split.json`` or a deploy bundle directory (which carries its model's split).
         """
-        from training.augment import MIN_CUT_FRACTION, cut_leaf_mask
-        from training.data import ImageReadError, read_image, scan_folder
-        from training.split import load_split
+        from leafscout.training.augment import MIN_CUT_FRACTION, cut_leaf_mask
+        from leafscout.training.data import ImageReadError, read_image, scan_folder
+        from leafscout.training.split import load_split
 
         root = Path(root)
         if split is not None:
             if Path(split).is_dir():  # a deploy bundle: its gzipped copy of the training split
-                from deploy.data import read_bundle_split
+                from leafscout.deploy.data import read_bundle_split
 
                 sp = read_bundle_split(split, None, data=root, strict=False)
             else:

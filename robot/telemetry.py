@@ -31,10 +31,10 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
-from robot.outbox import Outbox, OutboxStats, validate
-from robot.outbox import outbox_path as default_outbox_path
-from robot.ratelimit import RateLimitedLog
-from robot.records import Heartbeat, PlantRecord, RecordError, RowSummary
+from leafscout.robot.outbox import Outbox, OutboxStats, validate
+from leafscout.robot.outbox import outbox_path as default_outbox_path
+from leafscout.robot.ratelimit import RateLimitedLog
+from leafscout.robot.records import Heartbeat, PlantRecord, RecordError, RowSummary
 
 log = logging.getLogger(__name__)
 _limited = RateLimitedLog(log)
@@ -256,10 +256,10 @@ def build_sinks(serial: str | None = None, mqtt: str | None = None, outbox_path:
     """The robot's telemetry sinks: one outbox-backed ``Telemetry`` with the requested links.
 
     The outbox is ``outbox_path`` if given, else ``outbox.db`` in the robot's state directory
-    (``state_dir``, default ``robot.outbox.default_state_dir(robot_id)``).
+    (``state_dir``, default ``leafscout.robot.outbox.default_state_dir(robot_id)``).
     """
-    from robot.mqtt_link import MqttLink
-    from robot.serial_link import SerialLink
+    from leafscout.robot.mqtt_link import MqttLink
+    from leafscout.robot.serial_link import SerialLink
 
     outbox = Outbox(outbox_path if outbox_path is not None else default_outbox_path(robot_id, state_dir),
                     max_records=max_records)
@@ -341,7 +341,7 @@ def synthetic_records(robot_id: str, survey_id: str, n: int, seed: int = 0, t0: 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the robot-side telemetry alone (demo, benchmarks, crash test)."""
-    ap = argparse.ArgumentParser(prog="python -m robot.telemetry", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m leafscout.robot.telemetry", description=main.__doc__)
     ap.add_argument("--outbox", help="outbox SQLite file (default: outbox.db in the state directory)")
     ap.add_argument("--state-dir", help="the robot's state directory (default $LEAFSCOUT_STATE_DIR/<robot>)")
     ap.add_argument("--password-file", help=f"file with the MQTT password (else ${PASSWORD_ENV})")

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from vision.localize import Detection
+from leafscout.vision.localize import Detection
 
 __all__ = ["TrackerConfig", "Track", "PlantTracker"]
 

@@ -4,7 +4,7 @@ and ``leafscout keys new ROBOT`` (per-robot HMAC key files).
 ``serve(station, args)`` is the one place where services run beside the receivers:
 ``SERVICES`` lists callables ``(station, args) -> closeable | None`` started after the
 receivers and closed before them; ``OPTION_HOOKS`` add their options.  The web
-dashboard (``station.web.station_service``: ``--http HOST:PORT``) is hooked in this way.
+dashboard (``leafscout.station.web.station_service``: ``--http HOST:PORT``) is hooked in this way.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Callable
 
-from robot.telemetry import PASSWORD_ENV
+from leafscout.robot.telemetry import PASSWORD_ENV
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,9 @@ OPTION_HOOKS: list[Callable[[argparse.ArgumentParser], None]] = []
 def _add_dashboard() -> None:
     """The web dashboard (``--http``), when its package is installed; its import is cheap."""
     try:
-        from station.web.station_service import add_options, start_dashboard
+        from leafscout.station.web.station_service import add_options, start_dashboard
     except ModuleNotFoundError as e:
-        if e.name not in ("station.web", "station.web.station_service"):
+        if e.name not in ("leafscout.station.web", "leafscout.station.web.station_service"):
             raise
         return
     OPTION_HOOKS.append(add_options)
@@ -98,7 +98,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _keys_new(args: argparse.Namespace) -> int:
-    from station.keys import KeyFileError, new_key
+    from leafscout.station.keys import KeyFileError, new_key
 
     try:
         path = new_key(args.dir, args.robot, force=args.force)
@@ -133,12 +133,12 @@ def _apply_config(args: argparse.Namespace) -> str | None:
 
 def _security(args: argparse.Namespace, password: str | None) -> tuple[str | None, object]:
     """(MQTT password, key ring): refuses what is insecure unless --insecure."""
-    from robot.mqtt_link import parse_mqtt_url, url_has_password
-    from robot.telemetry import read_key, read_password
-    from station.keys import KeyRing
-    from station.receiver import StationError
-    from station.sql import is_postgres
-    from station.sql import url_has_password as url_has_db_password
+    from leafscout.robot.mqtt_link import parse_mqtt_url, url_has_password
+    from leafscout.robot.telemetry import read_key, read_password
+    from leafscout.station.keys import KeyRing
+    from leafscout.station.receiver import StationError
+    from leafscout.station.sql import is_postgres
+    from leafscout.station.sql import url_has_password as url_has_db_password
 
     if args.password_file is not None or os.environ.get(PASSWORD_ENV):
         password = read_password(args.password_file)
@@ -172,12 +172,12 @@ def _security(args: argparse.Namespace, password: str | None) -> tuple[str | Non
 
 
 def run(args: argparse.Namespace) -> int:
-    from robot.mqtt_link import MqttLinkError, redact_url
-    from robot.telemetry import TelemetryError
-    from station.db import StationDBError
-    from station.keys import KeyFileError
-    from station.receiver import Station, StationError
-    from station.sql import is_postgres
+    from leafscout.robot.mqtt_link import MqttLinkError, redact_url
+    from leafscout.robot.telemetry import TelemetryError
+    from leafscout.station.db import StationDBError
+    from leafscout.station.keys import KeyFileError
+    from leafscout.station.receiver import Station, StationError
+    from leafscout.station.sql import is_postgres
 
     try:
         password = _apply_config(args)

@@ -2,7 +2,7 @@
 
 SQLite by default (``open_db("station.db")``): one file, WAL mode, ``synchronous=FULL``.
 PostgreSQL for fleets (``open_db("postgresql://station@db-host/leafscout")``): the same
-schema and queries through :mod:`station.sql`, so several receivers (one per broker or
+schema and queries through :mod:`leafscout.station.sql`, so several receivers (one per broker or
 serial gateway, in other processes or on other hosts) write one database at once and
 dashboards read from replicas. Either way a record is only acknowledged to a robot after
 the transaction that stored it has committed, so an acknowledged record survives a power
@@ -40,7 +40,7 @@ across outbox resets: the duplicate filter keys on it):
 
 ``plants``, ``heartbeats`` and ``thumbnails`` are read by the dashboard in append order
 (``rowid``): SQLite's implicit row number, a ``rowid`` identity column on PostgreSQL (the
-``/*rowid*/`` mark in ``SCHEMA``; see :mod:`station.sql` for why it grows in commit order).
+``/*rowid*/`` mark in ``SCHEMA``; see :mod:`leafscout.station.sql` for why it grows in commit order).
 
 Query helpers return small frozen dataclasses (``dataclasses.asdict`` gives JSON-ready
 dicts): ``surveys()``, ``plants(survey_id)``, ``rows(survey_id)``, ``robots()``,
@@ -57,9 +57,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from robot.outbox import connect_wal
-from robot.records import Heartbeat, PlantRecord, RowSummary
-from station import sql
+from leafscout.robot.outbox import connect_wal
+from leafscout.robot.records import Heartbeat, PlantRecord, RowSummary
+from leafscout.station import sql
 
 log = logging.getLogger(__name__)
 

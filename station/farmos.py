@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from robot.field_stats import wilson_interval
-from station.sql import Connection
+from leafscout.robot.field_stats import wilson_interval
+from leafscout.station.sql import Connection
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ def farmos_resources(conn: Connection, survey_id: str, *, cell_m: float = DEFAUL
 
     ``land_id`` names an existing land asset on the server: then none is created.
     """
-    from station.web.queries import iter_plants
+    from leafscout.station.web.queries import iter_plants
 
     if not cell_m > 0:
         raise FarmOSError(f"cell length must be > 0 m, got {cell_m}")

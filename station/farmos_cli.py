@@ -1,4 +1,4 @@
-"""``leafscout farmos export|push``: a survey as farmOS observation logs (see :mod:`station.farmos`).
+"""``leafscout farmos export|push``: a survey as farmOS observation logs (see :mod:`leafscout.station.farmos`).
 
 ``export`` writes a JSON:API file (no server needed); ``push --url URL`` creates the
 records on a farmOS server through farmOS.py (OAuth2 password grant: ``--user``, the
@@ -48,9 +48,9 @@ def _resources(args: argparse.Namespace) -> list:
     import contextlib
     from pathlib import Path
 
-    from station.farmos import FarmOSError, farmos_resources, read_farmos_file
-    from station.sql import is_postgres
-    from station.web import queries
+    from leafscout.station.farmos import FarmOSError, farmos_resources, read_farmos_file
+    from leafscout.station.sql import is_postgres
+    from leafscout.station.web import queries
 
     if getattr(args, "file", None):
         return read_farmos_file(args.file)
@@ -66,7 +66,7 @@ def _resources(args: argparse.Namespace) -> list:
 def _export(args: argparse.Namespace) -> int:
     import sys
 
-    from station.farmos import FarmOSError, write_farmos_file
+    from leafscout.station.farmos import FarmOSError, write_farmos_file
 
     try:
         resources = _resources(args)
@@ -83,7 +83,7 @@ def _push(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    from station.farmos import FarmOSError, password_auth, push
+    from leafscout.station.farmos import FarmOSError, password_auth, push
 
     password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else os.environ.get(PASSWORD_ENV)
     if not password:

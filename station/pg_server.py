@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from station.broker import free_port
+from leafscout.station.broker import free_port
 
 SUPERUSER = "leafscout"
 

@@ -32,8 +32,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from robot.records import UNCERTAIN
-from station.sql import Connection
+from leafscout.robot.records import UNCERTAIN
+from leafscout.station.sql import Connection
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def csv_lines(conn: Connection, survey_id: str) -> Iterator[str]:
 
     writer.writerow(CSV_COLUMNS)
     yield flush()
-    from station.web.queries import iter_plants
+    from leafscout.station.web.queries import iter_plants
 
     for p in iter_plants(conn, survey_id):
         writer.writerow(csv_row(p))
@@ -167,7 +167,7 @@ def geojson_tail(survey_id: str, features: int, skipped: int) -> str:
 
 def geojson_chunks(conn: Connection, survey_id: str) -> Iterator[str]:
     """The survey as a GeoJSON FeatureCollection, streamed as text chunks."""
-    from station.web.queries import iter_plants
+    from leafscout.station.web.queries import iter_plants
 
     yield GEOJSON_HEAD
     n = skipped = 0
@@ -293,12 +293,12 @@ def render_report(conn: Connection, robots: list, survey_id: str, thumbnail=None
     ``StationDB.rows``; ``thumbnail(record_id)`` returns JPEG bytes
     (``StationDB.thumbnail``), or is None to leave the gallery out. ``summary`` may be
     passed by a caller that keeps running aggregates (the dashboard); otherwise the
-    survey is aggregated once here. ``basemap`` (a ``station.web.svg.Basemap`` with a
+    survey is aggregated once here. ``basemap`` (a ``leafscout.station.web.svg.Basemap`` with a
     data: URL) is drawn under a GPS map.
     """
     from leafscout import __version__
-    from station.web import queries, rendering, svg, views
-    from station.web.aggregates import SurveyAggregates
+    from leafscout.station.web import queries, rendering, svg, views
+    from leafscout.station.web.aggregates import SurveyAggregates
 
     if summary is None:
         summary = SurveyAggregates().summary(conn, survey_id, row_summaries)
@@ -337,13 +337,13 @@ def write_report(db: Any, survey_id: str, out_dir: str | Path, *, basemap=None) 
 
     ``db`` is a ``station.db.StationDB``, the path of a SQLite station database or a
     ``postgresql://`` URL (a primary or a replica); ``basemap`` a
-    ``station.web.app.BasemapFile`` to draw under a GPS map.
+    ``leafscout.station.web.app.BasemapFile`` to draw under a GPS map.
     """
-    from station.db import StationDBError, open_db
-    from station.sql import is_postgres
-    from station.web.svg import Basemap
-    from station.web import queries
-    from station.web.aggregates import SurveyAggregates
+    from leafscout.station.db import StationDBError, open_db
+    from leafscout.station.sql import is_postgres
+    from leafscout.station.web.svg import Basemap
+    from leafscout.station.web import queries
+    from leafscout.station.web.aggregates import SurveyAggregates
 
     with contextlib.ExitStack() as stack:
         if isinstance(db, (str, Path)):

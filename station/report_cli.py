@@ -18,12 +18,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--survey", metavar="ID", help="survey id to report on (default: list the surveys and stop)")
     p.add_argument("--out", default="report_out", metavar="DIR",
                    help="folder for the three files (created; default: report_out)")
-    from station.web.station_service import add_basemap_options
+    from leafscout.station.web.station_service import add_basemap_options
 
     add_basemap_options(p)
     p.set_defaults(func=_run)
     # The farmOS export sits beside the report (same data, another destination).
-    from station.farmos_cli import register as register_farmos
+    from leafscout.station.farmos_cli import register as register_farmos
 
     register_farmos(subparsers)
 
@@ -32,9 +32,9 @@ def _run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from station.db import StationDBError, open_db
-    from station.report import ReportError, write_report
-    from station.sql import is_postgres, redact, url_has_password
+    from leafscout.station.db import StationDBError, open_db
+    from leafscout.station.report import ReportError, write_report
+    from leafscout.station.sql import is_postgres, redact, url_has_password
 
     if is_postgres(args.db) and url_has_password(args.db):
         print("error: the --db URL holds a password (readable in /proc by every user): use PGPASSWORD or "
@@ -56,7 +56,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"{s.survey_id}\t{s.plants} plants\t{s.diseased} diseased\trobots {','.join(s.robots)}")
         print("choose one with --survey ID", file=sys.stderr)
         return 2 if surveys else 1
-    from station.web.station_service import basemap_from
+    from leafscout.station.web.station_service import basemap_from
 
     try:
         paths = write_report(args.db, args.survey, args.out, basemap=basemap_from(args))

@@ -41,8 +41,8 @@ def plantvillage_csv() -> Path | None:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A lenet_bn bundle trained for a few steps on synthetic leaves, exported through deploy (~10 s)."""
-    from deploy.export import export_bundle
-    from deploy.testing import make_tiny_run
+    from leafscout.deploy.export import export_bundle
+    from leafscout.deploy.testing import make_tiny_run
 
     root = tmp_path_factory.getbasetemp() / "robot_tiny_bundle"
     if not (root / "bundle" / "manifest.json").is_file():
@@ -54,7 +54,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def require_postgres() -> None:
     """PostgreSQL's server programs and psycopg; in CI a missing one fails, elsewhere it skips."""
-    from station.pg_server import find_pg_bin
+    from leafscout.station.pg_server import find_pg_bin
 
     problem = None
     if find_pg_bin() is None:
@@ -76,7 +76,7 @@ def postgres_server():
     """A real PostgreSQL server on loopback for the whole session (fsync off), started on
     first use and stopped at the end; ``postgres_server.database()`` gives a fresh database."""
     require_postgres()
-    from station.pg_server import PostgresServer
+    from leafscout.station.pg_server import PostgresServer
 
     with PostgresServer(fast=True) as server:
         yield server

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from robot import protocol as P
-from robot.outbox import Outbox
-from robot.records import PlantRecord
+from leafscout.robot import protocol as P
+from leafscout.robot.outbox import Outbox
+from leafscout.robot.records import PlantRecord
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
 def run_and_kill(outbox: Path, rng: random.Random) -> list[int]:
     """Start a writer, SIGKILL it at a random point after its first commit; the seqs it accepted."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "robot.telemetry", "--outbox", str(outbox), "--robot-id", "r1",
+        [sys.executable, "-m", "leafscout.robot.telemetry", "--outbox", str(outbox), "--robot-id", "r1",
          "--synthetic", "1000000", "--rate", "0", "--print-committed", "--no-summaries",
          "--max-records", "100000000"],  # no drops by the bound: every accepted record must stay
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -166,7 +166,7 @@ def run_kill_loop(tmp: Path, kills: int, seed: int = 0, bundle: Path | None = No
     """SIGKILL ``leafscout run`` ``kills`` times at random points while it counts plants, run it once
     more to the end, drain its outbox; every plant in its survey database must be at the station
     (and nothing else: the station's plants of the survey are exactly the robot's)."""
-    from station.receiver import Station
+    from leafscout.station.receiver import Station
 
     rng = random.Random(seed)
     tty, state, survey_db = str(tmp / "tty"), tmp / "state", tmp / "survey.db"
@@ -190,7 +190,7 @@ def run_kill_loop(tmp: Path, kills: int, seed: int = 0, bundle: Path | None = No
         with Outbox(state / "outbox.db") as ob:
             check = ob.integrity_check()
         # drain what is still queued (the runs above exit when the recording ends)
-        drain = subprocess.Popen([sys.executable, "-m", "robot.telemetry", "--state-dir", str(state), "--robot-id",
+        drain = subprocess.Popen([sys.executable, "-m", "leafscout.robot.telemetry", "--state-dir", str(state), "--robot-id",
                                   "r1", "--serial", tty, "--linger", "120"], cwd=tmp, env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

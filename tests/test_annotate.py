@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from leafscout.cli import main
-from robot.annotate import COLOURS, draw
+from leafscout.robot.annotate import COLOURS, draw
 
 
 def test_run_annotate_writes_a_playable_overlay_video(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -28,7 +28,7 @@ def test_run_annotate_writes_a_playable_overlay_video(tiny_bundle: Path, tmp_pat
     cap.release()
     assert len(read) == frames > 10 and read[0].shape == (480, 640, 3)
     # the overlay differs from the plain recording where leaves are: boxes and outlines were drawn
-    from robot.simulate import SimSource
+    from leafscout.robot.simulate import SimSource
 
     sim = SimSource.from_spec(spec[4:]).simulator
     first = next(sim.frames())[0]

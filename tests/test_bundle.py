@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploy.manifest import write_manifest
-from deploy.testing import make_tiny_bundle
-from training.data import read_image, scan_folder
-from vision.bundle import (
+from leafscout.deploy.manifest import write_manifest
+from leafscout.deploy.testing import make_tiny_bundle
+from leafscout.training.data import read_image, scan_folder
+from leafscout.vision.bundle import (
     INT8_NAME,
     PUBLIC_KEY_ENV,
     BundleClassCountError,
@@ -230,7 +230,7 @@ def test_reference_bundle_ships_with_the_package() -> None:
     names = ["manifest.json", *json.loads((ref / "manifest.json").read_text())["files"]]
     missing = [n for n in names
                if not any(fnmatch.fnmatch(n, pat) for pat in data.get("*", []))
-               and not any(fnmatch.fnmatch(f"reference_bundle/{n}", pat) for pat in data.get("vision", []))]
+               and not any(fnmatch.fnmatch(f"reference_bundle/{n}", pat) for pat in data.get("leafscout.vision", []))]
     assert not missing, f"pyproject.toml package-data does not ship {missing} of {ref}"
     assert sum((ref / n).stat().st_size for n in names) <= 5 * 1024 * 1024
 

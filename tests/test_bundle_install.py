@@ -11,10 +11,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from deploy.manifest import write_manifest
+from leafscout.deploy.manifest import write_manifest
 from leafscout.cli import main
-from robot.bundle_cli import EXIT_DOWNGRADE, EXIT_REFUSED
-from robot.bundle_store import STORE_ENV, BundleStore, bundle_version, load_run_bundle
+from leafscout.robot.bundle_cli import EXIT_DOWNGRADE, EXIT_REFUSED
+from leafscout.robot.bundle_store import STORE_ENV, BundleStore, bundle_version, load_run_bundle
 
 
 def _keypair(d: Path, name: str) -> tuple[Path, Path]:
@@ -126,7 +126,7 @@ def test_runtime_falls_back_to_last_known_good(kit: dict, tmp_path: Path, monkey
     shutil.rmtree(current)
     _variant(kit["v2"], current, "2026-12-02T10:00:00+00:00", None, break_selftest=True)
     monkeypatch.setenv(STORE_ENV, str(store))
-    with caplog.at_level(logging.WARNING, logger="robot.bundle_store"):
+    with caplog.at_level(logging.WARNING, logger="leafscout.robot.bundle_store"):
         bundle = load_run_bundle(None, threads=1)  # what `leafscout run` without --bundle loads
     assert bundle.path == s.previous and bundle.store_slot == "previous"
     assert "self-test failed" in caplog.text and "last-known-good" in caplog.text
@@ -141,6 +141,6 @@ def test_runtime_falls_back_to_last_known_good(kit: dict, tmp_path: Path, monkey
 
 def test_run_without_store_uses_reference_bundle(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv(STORE_ENV, str(tmp_path / "empty"))
-    from vision.bundle import default_bundle_path
+    from leafscout.vision.bundle import default_bundle_path
 
     assert load_run_bundle(None, threads=1).path == default_bundle_path()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.calibration import (
+from leafscout.training.calibration import (
     CalibrationError,
     accepted_precision,
     choose_abstain_threshold,
@@ -57,7 +57,7 @@ def test_ece_of_perfectly_confident_correct_predictions_is_zero() -> None:
 
 
 def test_plot_ece_agrees_with_the_reported_metric() -> None:
-    from training.metrics import expected_calibration_error
+    from leafscout.training.metrics import expected_calibration_error
 
     logits, labels = _calibrated_sample(n=1000, seed=3)
     probs = softmax(2.5 * logits)
@@ -132,8 +132,8 @@ TARGET = 0.98
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
-    from training.synthetic import generate_dataset
-    from training.train import TrainConfig, train
+    from leafscout.training.synthetic import generate_dataset
+    from leafscout.training.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("calib")
     generate_dataset(root / "leaves", per_class=200, seed=0)
@@ -149,8 +149,8 @@ def trained_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def calibrated(trained_run: Path) -> tuple[Path, dict, dict]:
     """(checkpoint, checkpoint dict before, calibration result) with best.pt calibrated in place."""
-    from training.calibration import calibrate_checkpoint
-    from training.checkpoint import read_checkpoint
+    from leafscout.training.calibration import calibrate_checkpoint
+    from leafscout.training.checkpoint import read_checkpoint
 
     ckpt_path = trained_run / "best.pt"
     before = read_checkpoint(ckpt_path)
@@ -161,7 +161,7 @@ def calibrated(trained_run: Path) -> tuple[Path, dict, dict]:
 def test_calibration_is_written_into_the_checkpoint_and_nothing_else_changes(calibrated) -> None:
     import torch
 
-    from training.checkpoint import load_checkpoint, read_checkpoint
+    from leafscout.training.checkpoint import load_checkpoint, read_checkpoint
 
     ckpt_path, before, result = calibrated
     after = read_checkpoint(ckpt_path)
@@ -193,9 +193,9 @@ def test_temperature_does_not_worsen_validation_ece(calibrated) -> None:
 
 def test_threshold_meets_target_precision_on_validation(calibrated) -> None:
     """Recomputed independently from the checkpoint, the split and the recorded numbers."""
-    from training.checkpoint import checkpoint_preprocess, load_checkpoint
-    from training.evaluate import predict_probs
-    from training.split import load_split
+    from leafscout.training.checkpoint import checkpoint_preprocess, load_checkpoint
+    from leafscout.training.evaluate import predict_probs
+    from leafscout.training.split import load_split
 
     ckpt_path, _, result = calibrated
     model, ckpt = load_checkpoint(ckpt_path)
@@ -216,17 +216,17 @@ def test_threshold_meets_target_precision_on_validation(calibrated) -> None:
 
 
 def test_bundle_carries_temperature_and_threshold(calibrated, tmp_path) -> None:
-    from deploy.export import export_bundle
-    from vision.bundle import load_bundle
-    from vision.classifier import LeafClassifier
+    from leafscout.deploy.export import export_bundle
+    from leafscout.vision.bundle import load_bundle
+    from leafscout.vision.classifier import LeafClassifier
 
     ckpt_path, _, result = calibrated
     export_bundle(ckpt_path, tmp_path / "bundle", split="val")
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.temperature == pytest.approx(result["temperature"])
     assert bundle.abstain_below == pytest.approx(result["abstain_below"])
-    from training.data import read_image
-    from training.split import load_split
+    from leafscout.training.data import read_image
+    from leafscout.training.split import load_split
 
     val = load_split(ckpt_path.parent / "split.json").samples("val")
     clf = LeafClassifier(bundle)
@@ -238,7 +238,7 @@ def test_bundle_carries_temperature_and_threshold(calibrated, tmp_path) -> None:
 
 
 def test_calibrate_cli(calibrated, capsys) -> None:
-    from training.study_cli import main
+    from leafscout.training.study_cli import main
 
     ckpt_path, _, result = calibrated
     assert main(["calibrate", str(ckpt_path), "--target-precision", str(TARGET), "--json"]) == 0
@@ -250,7 +250,7 @@ def test_calibrate_cli(calibrated, capsys) -> None:
 def test_calibrate_refuses_a_checkpoint_without_its_split(calibrated, tmp_path, capsys) -> None:
     import shutil
 
-    from training.study_cli import main
+    from leafscout.training.study_cli import main
 
     lonely = tmp_path / "best.pt"
     shutil.copy(calibrated[0], lonely)

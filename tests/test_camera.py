@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from robot.camera import (
+from leafscout.robot.camera import (
     CameraError,
     CameraNotFoundError,
     Capture,
@@ -20,7 +20,7 @@ from robot.camera import (
     open_capture,
     source_kind,
 )
-from robot.simulate import FieldConfig, simulate_run
+from leafscout.robot.simulate import FieldConfig, simulate_run
 
 SMALL_FIELD = FieldConfig(rows=1, row_length_m=1.5, fps=20.0, seed=3)
 

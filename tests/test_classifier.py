@@ -6,14 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from robot.simulate import FieldConfig, FieldSimulator, LeafBank
-from vision.classifier import ClassifierError, LeafClassifier
-from vision.localize import LeafLocalizer, square_crop
+from leafscout.robot.simulate import FieldConfig, FieldSimulator, LeafBank
+from leafscout.vision.classifier import ClassifierError, LeafClassifier
+from leafscout.vision.localize import LeafLocalizer, square_crop
 
 
 @pytest.fixture(scope="module")
 def bundle(tiny_bundle: Path):
-    from vision.bundle import load_bundle
+    from leafscout.vision.bundle import load_bundle
 
     return load_bundle(tiny_bundle, threads=1)
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robot.camera.capture import Capture
-from robot.conditions import CONDITIONS, SOIL_TEXTURES, ConditionError, parse_conditions
-from robot.gps import FramePosition
-from robot.runtime import Runtime
-from robot.simulate import FieldConfig, FieldSimulator, LeafBank, LeafImage, SimSource, SimulationError, score_report
-from robot.survey_store import SurveyStore
-from training.synthetic import draw_leaf
-from vision.classifier import LeafClassifier
-from vision.localize import LeafLocalizer
+from leafscout.robot.camera.capture import Capture
+from leafscout.robot.conditions import CONDITIONS, SOIL_TEXTURES, ConditionError, parse_conditions
+from leafscout.robot.gps import FramePosition
+from leafscout.robot.runtime import Runtime
+from leafscout.robot.simulate import FieldConfig, FieldSimulator, LeafBank, LeafImage, SimSource, SimulationError, score_report
+from leafscout.robot.survey_store import SurveyStore
+from leafscout.training.synthetic import draw_leaf
+from leafscout.vision.classifier import LeafClassifier
+from leafscout.vision.localize import LeafLocalizer
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def bank() -> LeafBank:
 
 @pytest.fixture(scope="module")
 def classifier(tiny_bundle):
-    from vision.bundle import load_bundle
+    from leafscout.vision.bundle import load_bundle
 
     return LeafClassifier(load_bundle(tiny_bundle, threads=1))
 

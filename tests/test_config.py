@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from leafscout.cli import main
-from robot.config import EXAMPLE, ConfigError, RobotConfig, load_config, parse_config
-from vision.localize import LocalizeConfig
+from leafscout.robot.config import EXAMPLE, ConfigError, RobotConfig, load_config, parse_config
+from leafscout.vision.localize import LocalizeConfig
 
 
 def test_the_shipped_example_is_valid_and_mentions_every_localizer_setting() -> None:

@@ -19,12 +19,12 @@ from conftest import REPO, require_binary
 
 pytest.importorskip("playwright.sync_api")
 
-from station.db import open_db  # noqa: E402
-from station.report import validate_observations  # noqa: E402
-from station.web.app import create_app  # noqa: E402
-from station.web.auth import add_user  # noqa: E402
-from station.web.sample_data import fill_survey  # noqa: E402
-from station.web.server import WebServer  # noqa: E402
+from leafscout.station.db import open_db  # noqa: E402
+from leafscout.station.report import validate_observations  # noqa: E402
+from leafscout.station.web.app import create_app  # noqa: E402
+from leafscout.station.web.auth import add_user  # noqa: E402
+from leafscout.station.web.sample_data import fill_survey  # noqa: E402
+from leafscout.station.web.server import WebServer  # noqa: E402
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]

@@ -5,10 +5,10 @@ import base64
 
 from fastapi.testclient import TestClient
 
-from robot.records import Heartbeat
-from station.db import open_db
-from station.web.app import create_app
-from station.web.auth import add_user
+from leafscout.robot.records import Heartbeat
+from leafscout.station.db import open_db
+from leafscout.station.web.app import create_app
+from leafscout.station.web.auth import add_user
 
 OB = "00112233445566778899aabbccddeeff"
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.data import ImageReadError, decode_cached, default_data_dir, read_image, scan_folder
-from training.synthetic import SYNTHETIC_CLASSES, draw_leaf, generate_dataset
+from leafscout.training.data import ImageReadError, decode_cached, default_data_dir, read_image, scan_folder
+from leafscout.training.synthetic import SYNTHETIC_CLASSES, draw_leaf, generate_dataset
 
 RED_BGR = (0, 0, 255)
 
@@ -72,7 +72,7 @@ def test_read_image_errors_name_the_path(tmp_path: Path, name: str, content: byt
 
 
 def test_scan_folder_lists_classes_groups_and_bad_files(awkward_folder: Path, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="leafscout.training.data"):
         ds = scan_folder(awkward_folder)
     assert ds.classes == sorted(["Pepper,_bell___Bacterial_spot", "Corn_(maize)___Cercospora_leaf_spot Gray_leaf_spot"])
     names = {s.path.name: s for s in ds.samples}
@@ -124,7 +124,7 @@ def test_decode_cached_reports_undecodable_files_and_reuses_cache(awkward_folder
     def small(img: np.ndarray) -> np.ndarray:
         return cv2.resize(img, (8, 8), interpolation=cv2.INTER_AREA)
 
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="leafscout.training.data"):
         arrays, ok = decode_cached(paths, small, "t1", cache_dir=tmp_path / "cache", progress=False)
     assert arrays.shape == (len(paths), 8, 8, 3) and ok[:-1].all() and not ok[-1]
     assert any("truncated header.jpg" in r.getMessage() for r in caplog.records)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.checkpoint import read_checkpoint
-from training.synthetic import generate_dataset
-from vision import create_model
+from leafscout.training.checkpoint import read_checkpoint
+from leafscout.training.synthetic import generate_dataset
+from leafscout.vision import create_model
 
 REPO = Path(__file__).resolve().parents[1]
 

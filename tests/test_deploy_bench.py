@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from deploy.bench import RUNTIMES, bench_bundle, matmul_rate
-from deploy.testing import make_tiny_bundle
+from leafscout.deploy.bench import RUNTIMES, bench_bundle, matmul_rate
+from leafscout.deploy.testing import make_tiny_bundle
 from leafscout.cli import main
 
 

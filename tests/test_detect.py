@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from leafscout.cli import main
-from robot.simulate import LeafImage, paste_leaf, soil_texture
-from training.synthetic import draw_leaf
+from leafscout.robot.simulate import LeafImage, paste_leaf, soil_texture
+from leafscout.training.synthetic import draw_leaf
 
 CLASSES = ("Leaf___healthy", "Leaf___rust", "Leaf___spot")  # blight can be soil-brown all over (a known limit)
 
@@ -99,7 +99,7 @@ class FakeClassifier:
     classes = ["background", "Leaf___healthy"]
 
     def classify(self, crops):
-        from vision.classifier import Prediction
+        from leafscout.vision.classifier import Prediction
 
         return [Prediction(-1, 0.9, 0, "background", 0.9) if i == 0 else Prediction(1, 0.8, 1, "healthy", 0.8)
                 for i in range(len(crops))]
@@ -109,8 +109,8 @@ class FakeClassifier:
 
 
 def test_the_classifiers_health_decides_background(images: dict) -> None:
-    from training.data import read_image
-    from vision.detect import Detector
+    from leafscout.training.data import read_image
+    from leafscout.vision.detect import Detector
 
     found = Detector(FakeClassifier())(read_image(images["three"][0]))
     assert [d.health for d in found.detections] == ["background", "healthy", "healthy"]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from leafscout.cli import main
-from training.evaluate import EvaluationError, evaluate_checkpoint
-from training.metrics import classification_metrics, expected_calibration_error
-from training.split import load_split
-from training.synthetic import generate_dataset
-from training.train import TrainConfig, train
+from leafscout.training.evaluate import EvaluationError, evaluate_checkpoint
+from leafscout.training.metrics import classification_metrics, expected_calibration_error
+from leafscout.training.split import load_split
+from leafscout.training.synthetic import generate_dataset
+from leafscout.training.train import TrainConfig, train
 
 
 def _onehot(pred: list[int], k: int, conf: float = 1.0) -> np.ndarray:

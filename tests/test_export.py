@@ -11,18 +11,18 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from deploy.data import SPLIT_MANIFEST_NAME, load_images
-from deploy.errors import BundleExistsError, DeployDataError, ParityError
-from deploy.evaluate import evaluate_bundle
-from deploy.export import export_bundle
-from deploy.fold import FoldError
-from deploy.onnx_export import op_counts
-from deploy.testing import make_tiny_run
-from deploy.verify import verify_bundle
+from leafscout.deploy.data import SPLIT_MANIFEST_NAME, load_images
+from leafscout.deploy.errors import BundleExistsError, DeployDataError, ParityError
+from leafscout.deploy.evaluate import evaluate_bundle
+from leafscout.deploy.export import export_bundle
+from leafscout.deploy.fold import FoldError
+from leafscout.deploy.onnx_export import op_counts
+from leafscout.deploy.testing import make_tiny_run
+from leafscout.deploy.verify import verify_bundle
 from leafscout.cli import main
-from training.checkpoint import checkpoint_preprocess, load_checkpoint, save_checkpoint
-from training.split import load_split
-from vision.bundle import FORMAT, INT8_NAME, load_bundle, softmax
+from leafscout.training.checkpoint import checkpoint_preprocess, load_checkpoint, save_checkpoint
+from leafscout.training.split import load_split
+from leafscout.vision.bundle import FORMAT, INT8_NAME, load_bundle, softmax
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from station.db import open_db
-from station.web.sample_data import fill_survey
+from leafscout.station.db import open_db
+from leafscout.station.web.sample_data import fill_survey
 from test_report import _cli  # the leafscout commands registered by station.report_cli
 
 # From farmOS's data model (farmOS 2.x/3.x: docs "Logs", "Quantities", "Assets", and the
@@ -206,8 +206,8 @@ def test_existing_land_asset_and_refusals(survey, monkeypatch, capsys):
 def test_dashboard_offers_the_farmos_file(survey, tmp_path):
     from fastapi.testclient import TestClient
 
-    from station.web.app import create_app
-    from station.web.auth import add_user
+    from leafscout.station.web.app import create_app
+    from leafscout.station.web.auth import add_user
     from test_web_auth import _basic
 
     db_path, truth = survey

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.sources import SourceError, scan_box_folder, scan_sources
-from training.split import load_split, make_split
-from training.synthetic import generate_box_folder, generate_dataset
-from vision.classifier import UNCERTAIN_INDEX, LeafClassifier, decide_batch
-from vision.taxonomy import BACKGROUND, ClassInfo, Taxonomy, TaxonomyError, info_from_name
+from leafscout.training.sources import SourceError, scan_box_folder, scan_sources
+from leafscout.training.split import load_split, make_split
+from leafscout.training.synthetic import generate_box_folder, generate_dataset
+from leafscout.vision.classifier import UNCERTAIN_INDEX, LeafClassifier, decide_batch
+from leafscout.vision.taxonomy import BACKGROUND, ClassInfo, Taxonomy, TaxonomyError, info_from_name
 
 from conftest import SHARED_DATA
 
@@ -85,7 +85,7 @@ def test_health_is_decided_on_group_sums_with_abstain_and_ood_floor() -> None:
 
 
 def test_health_metrics_hand_checked() -> None:
-    from training.metrics import health_metrics
+    from leafscout.training.metrics import health_metrics
 
     tax = Taxonomy.from_names(CLASSES)
     eye = np.eye(5, dtype=np.float32)
@@ -205,8 +205,8 @@ def test_multi_source_split_keeps_every_photo_on_one_side_and_round_trips(tmp_pa
 
 # -- bundles ---------------------------------------------------------------------------------
 def test_a_bundle_without_taxonomy_still_loads_with_health_from_names(tiny_bundle: Path, tmp_path: Path, caplog) -> None:
-    from deploy.manifest import write_manifest
-    from vision.bundle import BundleFormatError, load_bundle
+    from leafscout.deploy.manifest import write_manifest
+    from leafscout.vision.bundle import BundleFormatError, load_bundle
 
     old = shutil.copytree(tiny_bundle, tmp_path / "old")
     manifest = json.loads((old / "manifest.json").read_text())
@@ -214,7 +214,7 @@ def test_a_bundle_without_taxonomy_still_loads_with_health_from_names(tiny_bundl
     for key in ("taxonomy", "background_class"):
         manifest.pop(key)
     write_manifest(old, manifest, extra_files=tuple(n for n in manifest["files"] if not n.endswith(".onnx")))
-    with caplog.at_level(logging.INFO, logger="vision.bundle"):
+    with caplog.at_level(logging.INFO, logger="leafscout.vision.bundle"):
         bundle = load_bundle(old)
     assert "no taxonomy" in caplog.text
     assert bundle.background_index is None and not bundle.decides_health
@@ -235,8 +235,8 @@ def test_a_bundle_without_taxonomy_still_loads_with_health_from_names(tiny_bundl
 @pytest.fixture(scope="module")
 def field_run(tmp_path_factory) -> Path:
     """A tiny lenet_bn trained on a lab folder plus a field box folder, field-calibrated."""
-    from training.calibration import calibrate_field
-    from training.train import TrainConfig, train
+    from leafscout.training.calibration import calibrate_field
+    from leafscout.training.train import TrainConfig, train
 
     tmp = tmp_path_factory.mktemp("fieldrun")
     lab = generate_dataset(tmp / "lab", per_class=30, size=48, seed=1)
@@ -249,10 +249,10 @@ def field_run(tmp_path_factory) -> Path:
 
 
 def test_train_calibrate_export_and_eval_a_field_model(field_run: Path, tmp_path: Path, capsys) -> None:
-    from deploy.export import export_bundle
+    from leafscout.deploy.export import export_bundle
     from leafscout.cli import main
-    from training.checkpoint import read_checkpoint
-    from vision.bundle import load_bundle
+    from leafscout.training.checkpoint import read_checkpoint
+    from leafscout.vision.bundle import load_bundle
 
     ckpt = read_checkpoint(field_run / "best.pt")
     assert ckpt["classes"][-1] == BACKGROUND
@@ -274,7 +274,7 @@ def test_train_calibrate_export_and_eval_a_field_model(field_run: Path, tmp_path
 
     negatives = tmp_path / "negatives"
     negatives.mkdir()
-    from training.augment import random_background
+    from leafscout.training.augment import random_background
 
     rng = np.random.default_rng(0)
     import cv2

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from robot.field_stats import FieldStats, RowStats, wilson_interval
-from robot.records import UNCERTAIN, PlantRecord
-from robot.survey_store import SurveyStore, SurveyStoreError
+from leafscout.robot.field_stats import FieldStats, RowStats, wilson_interval
+from leafscout.robot.records import UNCERTAIN, PlantRecord
+from leafscout.robot.survey_store import SurveyStore, SurveyStoreError
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,8 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deploy.fold import FoldError, count_batchnorm, fold_batchnorm
-from vision import create_model, get_entry, list_models
+from leafscout.deploy.fold import FoldError, count_batchnorm, fold_batchnorm
+from leafscout.vision import create_model, get_entry, list_models
 
 # Registered models whose BatchNorm cannot be folded, and the module it sits at.
 UNFOLDABLE = {"lenet_bn_after": "features.2"}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from robot.camera import Frame
-from robot.gps import FieldGeometry, GpsError, GpsPosition, GpsReader, NmeaLog, NmeaParser, format_fix
+from leafscout.robot.camera import Frame
+from leafscout.robot.gps import FieldGeometry, GpsError, GpsPosition, GpsReader, NmeaLog, NmeaParser, format_fix
 
 T0 = 1780300800.0  # 2026-06-01T08:00:00Z
 
@@ -105,7 +105,7 @@ def _send(master: int, lat: float, lon: float, t: float) -> None:
 def test_live_dropout_is_flagged_stale_then_interpolated_when_fixes_return(pty_pair) -> None:
     import time
 
-    from robot.gps import FIX, INTERPOLATED, NO_FIX, STALE
+    from leafscout.robot.gps import FIX, INTERPOLATED, NO_FIX, STALE
 
     master, port = pty_pair
     field = FieldGeometry((48.0, 11.0), 90.0, 1.5, rows=2, row_length_m=10.0)
@@ -139,7 +139,7 @@ def test_recorded_dropout_flags_the_records(tmp_path: Path) -> None:
     import sqlite3
 
     from leafscout.cli import main
-    from robot.simulate import FieldConfig, simulate_run
+    from leafscout.robot.simulate import FieldConfig, simulate_run
 
     run = simulate_run(tmp_path / "field", FieldConfig(rows=1, row_length_m=4.0, lines=1, fps=20.0, seed=2))
     lines = (run / "gps.nmea").read_text().splitlines()
@@ -166,9 +166,9 @@ def test_live_plants_counted_in_a_dropout_wait_for_the_fixes_around_them(pty_pai
     the GPS is back; plants with a fix behind them wait too (plant ids stay in order)."""
     import time
 
-    from robot.gps import FIX, INTERPOLATED, STALE
-    from robot.records import PlantRecord
-    from robot.runtime import Runtime
+    from leafscout.robot.gps import FIX, INTERPOLATED, STALE
+    from leafscout.robot.records import PlantRecord
+    from leafscout.robot.runtime import Runtime
 
     master, port = pty_pair
     field = FieldGeometry((48.0, 11.0), 90.0, 1.5, rows=2, row_length_m=10.0)

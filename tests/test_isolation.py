@@ -18,14 +18,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import require_binary
-from robot import protocol as P
-from robot.mqtt_link import MqttLink, topic, unseal
-from robot.outbox import Outbox
-from robot.records import PlantRecord, RecordError, RowSummary, record_from_dict
-from robot.telemetry import Telemetry
-from station.broker import Broker
-from station.db import open_db
-from station.receiver import MqttReceiver, Station
+from leafscout.robot import protocol as P
+from leafscout.robot.mqtt_link import MqttLink, topic, unseal
+from leafscout.robot.outbox import Outbox
+from leafscout.robot.records import PlantRecord, RecordError, RowSummary, record_from_dict
+from leafscout.robot.telemetry import Telemetry
+from leafscout.station.broker import Broker
+from leafscout.station.db import open_db
+from leafscout.station.receiver import MqttReceiver, Station
 from telemetry_faults import wait_for
 from test_protocol import fuzz_settings
 
@@ -116,8 +116,8 @@ def test_rejection_ack_removes_the_record_from_the_robots_outbox(tmp_path, db_ta
 
 def _lax_pending(outbox: Outbox):
     """``pending`` of a robot version without the survey id limit (reads records unchecked)."""
-    from robot.outbox import OutboxItem
-    from robot.records import RECORD_TYPES
+    from leafscout.robot.outbox import OutboxItem
+    from leafscout.robot.records import RECORD_TYPES
 
     def pending(kinds=None, after=0, limit=100, exclude=()):
         rows = outbox._reader.execute("SELECT seq, body FROM outbox ORDER BY seq").fetchall()
@@ -228,7 +228,7 @@ def test_property_no_valid_record_near_an_invalid_one_is_lost(receiver, batch):
 
 
 def test_heartbeat_drops_are_shown_per_robot(tmp_path, db_target):
-    from robot.records import Heartbeat
+    from leafscout.robot.records import Heartbeat
 
     with open_db(db_target) as db:
         db.insert_records([(f"r1:{OB}:1", Heartbeat("r1", T0, 5, 10, 9.0, dropped=7), None),

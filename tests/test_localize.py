@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from robot.simulate import LeafImage, paste_leaf, soil_texture
-from training.synthetic import SYNTHETIC_CLASSES, draw_leaf
-from vision.localize import LeafLocalizer, LocalizeConfig, LocalizeError, masked_square_crop, square_crop
+from leafscout.robot.simulate import LeafImage, paste_leaf, soil_texture
+from leafscout.training.synthetic import SYNTHETIC_CLASSES, draw_leaf
+from leafscout.vision.localize import LeafLocalizer, LocalizeConfig, LocalizeError, masked_square_crop, square_crop
 
 
 # Blight can turn most of a leaf soil-brown; colour alone cannot find such a leaf (a known limit).
@@ -95,7 +95,7 @@ def test_bad_frames_and_settings_are_rejected_clearly() -> None:
 
 
 def test_gray_world_undoes_a_warm_cast_but_not_a_different_ground() -> None:
-    from vision.white_balance import SOIL_BGR, WhiteBalance, WhiteBalanceError, apply_gains, balance_gains
+    from leafscout.vision.white_balance import SOIL_BGR, WhiteBalance, WhiteBalanceError, apply_gains, balance_gains
 
     wb = WhiteBalance("gray-world", reference=SOIL_BGR, deadband=0.0)
     soil = np.array(SOIL_BGR)

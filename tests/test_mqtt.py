@@ -6,12 +6,12 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from conftest import require_binary
-from station.broker import Broker
-from robot.mqtt_link import MqttLink, MqttLinkError, parse_mqtt_url, seal, topic
-from robot.outbox import Outbox
-from robot.records import PlantRecord
-from robot.telemetry import Telemetry, synthetic_records
-from station.receiver import Station
+from leafscout.station.broker import Broker
+from leafscout.robot.mqtt_link import MqttLink, MqttLinkError, parse_mqtt_url, seal, topic
+from leafscout.robot.outbox import Outbox
+from leafscout.robot.records import PlantRecord
+from leafscout.robot.telemetry import Telemetry, synthetic_records
+from leafscout.station.receiver import Station
 from telemetry_faults import wait_for
 
 T0 = 1_780_000_000.0
@@ -157,7 +157,7 @@ def test_bad_urls_are_named():
 def test_passwords_never_in_urls_that_are_printed_or_logged(tmp_path, capsys):
     """Before: passwords went on the command line and were echoed in errors and a traceback."""
     from leafscout.cli import main
-    from robot.mqtt_link import redact_url
+    from leafscout.robot.mqtt_link import redact_url
 
     assert redact_url("mqtt://r1:s3cret@h:1883") == "mqtt://r1:***@h:1883"
     assert redact_url("mqtts://r1:s3cret@h?ca=/c.pem") == "mqtts://r1:***@h?ca=/c.pem"

@@ -13,14 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from training.augment import AugmentConfig, LeafAugment, cut_leaf_mask, jpeg_roundtrip, leaf_mask, randomize_background
-from training.data import read_image, scan_folder
-from training.distributed import DistInfo
-from training.evaluate import _disk_batches
-from training.split import make_split
-from training.synthetic import draw_leaf, generate_dataset
-from training.train import TrainConfig, _eval_set, _train_set
-from vision import PreprocessSpec
+from leafscout.training.augment import AugmentConfig, LeafAugment, cut_leaf_mask, jpeg_roundtrip, leaf_mask, randomize_background
+from leafscout.training.data import read_image, scan_folder
+from leafscout.training.distributed import DistInfo
+from leafscout.training.evaluate import _disk_batches
+from leafscout.training.split import make_split
+from leafscout.training.synthetic import draw_leaf, generate_dataset
+from leafscout.training.train import TrainConfig, _eval_set, _train_set
+from leafscout.vision import PreprocessSpec
 
 TOL = 1e-6
 

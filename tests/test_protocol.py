@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from robot import protocol as P
-from robot.records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
+from leafscout.robot import protocol as P
+from leafscout.robot.records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
 from telemetry_faults import CTX, decode_stream, fault_stream
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 
-from robot.outbox import Outbox
-from robot.ratelimit import RateLimitedLog
-from robot.records import PlantRecord
+from leafscout.robot.outbox import Outbox
+from leafscout.robot.ratelimit import RateLimitedLog
+from leafscout.robot.records import PlantRecord
 
 
 def test_one_line_per_key_per_interval(caplog):
@@ -22,7 +22,7 @@ def test_one_line_per_key_per_interval(caplog):
 
 
 def test_a_full_outbox_does_not_flood_the_log(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="robot.outbox"), Outbox(tmp_path / "o.db", max_records=2) as ob:
+    with caplog.at_level(logging.WARNING, logger="leafscout.robot.outbox"), Outbox(tmp_path / "o.db", max_records=2) as ob:
         for i in range(200):
             ob.put(PlantRecord("r1", "s1", i, 1000.0 + i, "Tomato___healthy", 0, 0.9, 3))
         assert ob.stats().dropped["plant"] == 198
@@ -36,7 +36,7 @@ def _disk_full(*args, **kwargs):
 
 
 def test_disk_full_on_the_robot_logs_once_and_counts_the_loss(tmp_path, caplog):
-    from robot.telemetry import Telemetry
+    from leafscout.robot.telemetry import Telemetry
 
     with Telemetry(Outbox(tmp_path / "o.db")).start() as sink, caplog.at_level(logging.ERROR):
         sink.outbox.put_many = _disk_full
@@ -50,15 +50,15 @@ def test_disk_full_at_the_station_logs_once(tmp_path, caplog):
     import json
     import threading
 
-    from station.db import open_db
-    from station.receiver import MqttReceiver
+    from leafscout.station.db import open_db
+    from leafscout.station.receiver import MqttReceiver
 
     db = open_db(tmp_path / "s.db")
     r = MqttReceiver(db, "mqtt://station@127.0.0.1:1")
     db.insert_records = _disk_full
     body = json.dumps({"id": "r1:" + "0" * 32 + ":1",
                        "record": PlantRecord("r1", "s1", 1, 1000.0, "Tomato___healthy", 0, 0.9, 3).to_dict()})
-    with caplog.at_level(logging.ERROR, logger="station.receiver"):
+    with caplog.at_level(logging.ERROR, logger="leafscout.station.receiver"):
         r._thread.start()
         for _ in range(30):  # 30 batches, each failing: the records stay unacknowledged on the robot
             r._queue.put(("leafscout/r1/plant", body.encode()))

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from leafscout.cli import main
-from robot.camera import open_capture, source_kind
-from robot.cli import EXIT_RECORDING_DAMAGED
-from robot.simulate import FieldConfig, simulate_run
+from leafscout.robot.camera import open_capture, source_kind
+from leafscout.robot.cli import EXIT_RECORDING_DAMAGED
+from leafscout.robot.simulate import FieldConfig, simulate_run
 
 FIELD = FieldConfig(rows=1, row_length_m=2.0, lines=1, fps=20.0, seed=5)
 

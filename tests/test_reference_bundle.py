@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from vision.bundle import default_bundle_path, load_bundle
-from vision.taxonomy import BACKGROUND
+from leafscout.vision.bundle import default_bundle_path, load_bundle
+from leafscout.vision.taxonomy import BACKGROUND
 
 
 def test_reference_bundle_loads_and_decides_health_with_a_background_class():

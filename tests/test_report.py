@@ -9,14 +9,14 @@ import re
 
 import pytest
 
-from robot.records import PlantRecord, RowSummary
-from station.db import open_db
-from station.report import ReportError, crop_and_disease, validate_observations, write_report
-from station.report_cli import register
-from station.sql import db_errors, is_postgres
-from station.web import queries, svg
-from station.web.aggregates import SurveyAggregates, ThinnedTrack, TrackPoint
-from station.web.sample_data import fill_survey
+from leafscout.robot.records import PlantRecord, RowSummary
+from leafscout.station.db import open_db
+from leafscout.station.report import ReportError, crop_and_disease, validate_observations, write_report
+from leafscout.station.report_cli import register
+from leafscout.station.sql import db_errors, is_postgres
+from leafscout.station.web import queries, svg
+from leafscout.station.web.aggregates import SurveyAggregates, ThinnedTrack, TrackPoint
+from leafscout.station.web.sample_data import fill_survey
 
 ROW_INCIDENCE = (0.0, 0.3, 0.6, 1.0)
 
@@ -131,7 +131,7 @@ def test_report_command_streams_in_bounded_memory(tmp_path, capsys):
 
 
 def test_observation_checker_sees_broken_features_while_writing():
-    from station.report import ObservationChecker, observation_feature
+    from leafscout.station.report import ObservationChecker, observation_feature
 
     plant = {"record_id": "r:1", "robot_id": "r", "survey_id": "s", "plant_id": 1, "t": 1_780_000_000.0,
              "label": "Tomato___Late_blight", "confidence": 0.9, "diseased": 1, "uncertain": 0, "row": 1,

@@ -2,8 +2,8 @@
 import subprocess
 import sys
 
-ROBOT_MODULES = ["vision", "vision.bundle", "vision.classifier", "vision.localize", "robot.runtime",
-                 "robot.camera", "robot.tracker", "robot.gps", "robot.telemetry", "robot.cli"]
+ROBOT_MODULES = ["vision", "leafscout.vision.bundle", "leafscout.vision.classifier", "leafscout.vision.localize", "leafscout.robot.runtime",
+                 "leafscout.robot.camera", "leafscout.robot.tracker", "leafscout.robot.gps", "leafscout.robot.telemetry", "leafscout.robot.cli"]
 
 
 def test_robot_modules_do_not_import_torch():

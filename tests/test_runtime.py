@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from leafscout.cli import main
-from robot.camera import open_capture
-from robot.gps import FieldGeometry, GpsPosition, NmeaLog
-from robot.records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
-from robot.runtime import Runtime, RuntimeConfig
-from robot.simulate import FieldConfig, LeafBank, simulate_run
-from robot.survey_store import SurveyStore
-from vision.classifier import LeafClassifier
+from leafscout.robot.camera import open_capture
+from leafscout.robot.gps import FieldGeometry, GpsPosition, NmeaLog
+from leafscout.robot.records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
+from leafscout.robot.runtime import Runtime, RuntimeConfig
+from leafscout.robot.simulate import FieldConfig, LeafBank, simulate_run
+from leafscout.robot.survey_store import SurveyStore
+from leafscout.vision.classifier import LeafClassifier
 
 
 
@@ -27,7 +27,7 @@ def field_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def bundle(tiny_bundle: Path):
-    from vision.bundle import load_bundle
+    from leafscout.vision.bundle import load_bundle
 
     return load_bundle(tiny_bundle, threads=1)
 

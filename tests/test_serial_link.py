@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from station.broker import free_port
-from robot.mqtt_link import MqttLink
-from robot.outbox import Outbox
-from robot.records import PlantRecord, RowSummary
-from robot.serial_link import BITS_PER_BYTE, BURST_BYTES, SerialLink, SerialLinkError
-from robot.telemetry import Telemetry, synthetic_records
-from station.receiver import Station
+from leafscout.station.broker import free_port
+from leafscout.robot.mqtt_link import MqttLink
+from leafscout.robot.outbox import Outbox
+from leafscout.robot.records import PlantRecord, RowSummary
+from leafscout.robot.serial_link import BITS_PER_BYTE, BURST_BYTES, SerialLink, SerialLinkError
+from leafscout.robot.telemetry import Telemetry, synthetic_records
+from leafscout.station.receiver import Station
 from telemetry_faults import wait_for
 
 KEY = b"serial-test-key-0123"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from leafscout.cli import main
-from robot.sdnotify import notify
-from robot.service_cli import STATUS_DEGRADED, STATUS_MISSING, UNIT_NAME
-from robot.simulate import FieldConfig, simulate_run
-from robot.status import STATUS_NAME, read_status
+from leafscout.robot.sdnotify import notify
+from leafscout.robot.service_cli import STATUS_DEGRADED, STATUS_MISSING, UNIT_NAME
+from leafscout.robot.simulate import FieldConfig, simulate_run
+from leafscout.robot.status import STATUS_NAME, read_status
 
 
 @pytest.fixture

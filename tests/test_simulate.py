@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from leafscout.cli import main
-from robot.gps import FieldGeometry, NmeaLog
-from robot.simulate import FieldConfig, FieldSimulator, LeafBank, SimulationError, SimSource, simulate_run
+from leafscout.robot.gps import FieldGeometry, NmeaLog
+from leafscout.robot.simulate import FieldConfig, FieldSimulator, LeafBank, SimulationError, SimSource, simulate_run
 
 CONFIG = FieldConfig(rows=2, row_length_m=2.0, seed=11)
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from training.checkpoint import file_sha256
-from training.data import Dataset, Sample
-from training.split import PARTS, SplitError, load_split, make_split
+from leafscout.training.checkpoint import file_sha256
+from leafscout.training.data import Dataset, Sample
+from leafscout.training.split import PARTS, SplitError, load_split, make_split
 
 
 def _dataset(root: Path, layout: list[list[int]]) -> Dataset:
@@ -106,7 +106,7 @@ def test_bad_requests_and_manifests_are_named(tmp_path: Path) -> None:
 def test_real_plantvillage_split_keeps_leaves_apart(plantvillage_dir) -> None:
     if plantvillage_dir is None:
         pytest.skip("shared PlantVillage data not present")
-    from training.data import scan_folder
+    from leafscout.training.data import scan_folder
 
     ds = scan_folder(plantvillage_dir)
     split = make_split(ds, seed=0)

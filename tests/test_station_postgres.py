@@ -22,16 +22,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from conftest import require_binary, require_postgres
-from robot.mqtt_link import topic
-from robot.records import PlantRecord
-from station.broker import Broker
-from station.db import open_db
-from station.receiver import Station
-from station.report_cli import register
-from station.web.aggregates import SurveyAggregates
-from station.web.app import create_app
-from station.web.auth import add_user
-from station.web.sample_data import fill_survey
+from leafscout.robot.mqtt_link import topic
+from leafscout.robot.records import PlantRecord
+from leafscout.station.broker import Broker
+from leafscout.station.db import open_db
+from leafscout.station.receiver import Station
+from leafscout.station.report_cli import register
+from leafscout.station.web.aggregates import SurveyAggregates
+from leafscout.station.web.app import create_app
+from leafscout.station.web.auth import add_user
+from leafscout.station.web.sample_data import fill_survey
 from telemetry_faults import wait_for
 
 T0 = 1_780_000_000.0
@@ -170,7 +170,7 @@ def test_connection_rows_behave_like_sqlite_rows(postgres_server):
     ("SELECT group_concat(DISTINCT s.robot_id) FROM s", "SELECT string_agg(DISTINCT s.robot_id, ',') FROM s"),
 ])
 def test_statements_are_translated_once_for_postgres(text, expected):
-    from station.sql import to_postgres
+    from leafscout.station.sql import to_postgres
 
     assert to_postgres(text) == expected
 
@@ -179,7 +179,7 @@ def test_receivers_and_pages_reconnect_after_the_database_server_restarts(tmp_pa
     """A restart of PostgreSQL cuts every connection: the batch in flight fails (it stays
     unacknowledged, so the robot resends it), the next one reconnects; pages do too."""
     require_postgres()
-    from station.pg_server import PostgresServer
+    from leafscout.station.pg_server import PostgresServer
 
     with PostgresServer() as server:  # its own server: restarting the session's would disturb other tests
         db = open_db(server.database())

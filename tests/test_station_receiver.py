@@ -16,12 +16,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import require_binary
-from station.broker import Broker
-from robot import protocol as P
-from robot.mqtt_link import MessageError, seal, topic, unseal
-from robot.records import PlantRecord, RecordError, record_from_dict
-from station.db import open_db
-from station.receiver import Station, StationError, parse_record_message
+from leafscout.station.broker import Broker
+from leafscout.robot import protocol as P
+from leafscout.robot.mqtt_link import MessageError, seal, topic, unseal
+from leafscout.robot.records import PlantRecord, RecordError, record_from_dict
+from leafscout.station.db import open_db
+from leafscout.station.receiver import Station, StationError, parse_record_message
 from telemetry_faults import wait_for
 from test_protocol import FUZZ, fuzz_settings
 
@@ -154,7 +154,7 @@ def test_station_cli_runs_both_links_and_stops_cleanly(tmp_path, db_target):
                 if "station ready" in line:
                     break
             assert any(str(os.path.realpath(tty)) in ln or "/dev/pts/" in ln for ln in lines), lines
-            from robot.telemetry import open_sinks
+            from leafscout.robot.telemetry import open_sinks
             with open_sinks(serial=str(tty), mqtt=broker.url("r1", password=False), outbox_path=tmp_path / "o.db",
                             robot_id="r1", hmac_key=r1_key, mqtt_password=broker.passwords["r1"]) as (sink,):
                 for i in range(20):
@@ -198,7 +198,7 @@ def test_station_refuses_to_start_insecure_unless_told(tmp_path):
 
 def test_a_key_speaks_only_for_its_own_robot(tmp_path, db_target):
     """Before: one key shared by all robots, so any key holder could speak for any robot."""
-    from station.keys import KeyRing
+    from leafscout.station.keys import KeyRing
 
     k1, k2 = b"r1-key-0123456789abcdef", b"r2-key-0123456789abcdef"
     ring = KeyRing({"r1": k1, "r2": k2})

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from training.study import ARMS, RunResult, StudyConfig, StudyError, summarize
-from training.study_cli import main
+from leafscout.training.study import ARMS, RunResult, StudyConfig, StudyError, summarize
+from leafscout.training.study_cli import main
 
 # A diverged model's NaN probabilities make numpy warn inside the ECE binning; expected here.
 pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
@@ -19,7 +19,7 @@ QUICK_LRS = (0.05, 1e4)  # 1e4 blows up every arm within an epoch
 
 @pytest.fixture(scope="module")
 def synthetic_leaves(tmp_path_factory) -> Path:
-    from training.synthetic import generate_dataset
+    from leafscout.training.synthetic import generate_dataset
 
     root = tmp_path_factory.mktemp("leaves") / "synthetic"
     generate_dataset(root, per_class=24, seed=0)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from robot.simulate import FieldConfig, FieldSimulator, LeafBank
-from robot.tracker import PlantTracker, TrackerConfig
-from vision.localize import Detection, LeafLocalizer
+from leafscout.robot.simulate import FieldConfig, FieldSimulator, LeafBank
+from leafscout.robot.tracker import PlantTracker, TrackerConfig
+from leafscout.vision.localize import Detection, LeafLocalizer
 
 W, H = 640, 480
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from leafscout.cli import main
-from training.checkpoint import checkpoint_preprocess, file_sha256, load_checkpoint, read_checkpoint
-from training.data import read_image
-from training.evaluate import evaluate_checkpoint
-from training.split import load_split
-from training.synthetic import SYNTHETIC_CLASSES, generate_dataset
-from training.train import LRSchedule, TrainConfig, TrainError, _class_weights, resolve_precision, train
+from leafscout.training.checkpoint import checkpoint_preprocess, file_sha256, load_checkpoint, read_checkpoint
+from leafscout.training.data import read_image
+from leafscout.training.evaluate import evaluate_checkpoint
+from leafscout.training.split import load_split
+from leafscout.training.synthetic import SYNTHETIC_CLASSES, generate_dataset
+from leafscout.training.train import LRSchedule, TrainConfig, TrainError, _class_weights, resolve_precision, train
 
 EPOCH_KEYS = {"epoch", "lr", "train_loss", "train_acc", "val_loss", "val_top1", "val_macro_f1", "seconds", "images_per_s"}
 
@@ -82,7 +82,7 @@ def test_checkpoint_round_trip_predicts_identically(trained) -> None:
     # Strict loading: a checkpoint whose weights do not fit its model is refused.
     bad = dict(ckpt, state_dict={k: v for k, v in ckpt["state_dict"].items() if "classifier" not in k})
     torch.save(bad, run / "broken.pt")
-    from training.checkpoint import CheckpointError
+    from leafscout.training.checkpoint import CheckpointError
 
     with pytest.raises(CheckpointError, match="do not match"):
         load_checkpoint(run / "broken.pt")

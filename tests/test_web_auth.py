@@ -12,13 +12,13 @@ import stat
 import pytest
 from fastapi.testclient import TestClient
 
-from robot.records import PlantRecord
-from station.db import open_db
-from station.web.app import create_app
-from station.web.auth import UsersFileError, UserStore, add_user, hash_secret, read_users, verify_secret
-from station.web.ratelimit import RateLimiter
-from station.web.sample_data import fill_survey, leaf_jpeg
-from station.web.users_cli import register as register_add_user
+from leafscout.robot.records import PlantRecord
+from leafscout.station.db import open_db
+from leafscout.station.web.app import create_app
+from leafscout.station.web.auth import UsersFileError, UserStore, add_user, hash_secret, read_users, verify_secret
+from leafscout.station.web.ratelimit import RateLimiter
+from leafscout.station.web.sample_data import fill_survey, leaf_jpeg
+from leafscout.station.web.users_cli import register as register_add_user
 
 PROTECTED = ["/", "/surveys/s1", "/surveys/s1/gallery", "/surveys/s1/plants.csv",
              "/surveys/s1/observations.geojson", "/surveys/s1/report.html", "/api/surveys/s1/summary",
@@ -238,7 +238,7 @@ def test_station_options_start_the_dashboard_over_real_http(station):
     import urllib.request
     from types import SimpleNamespace
 
-    from station.web.station_service import add_options, start_dashboard
+    from leafscout.station.web.station_service import add_options, start_dashboard
 
     db, users, secrets = station
     parser = argparse.ArgumentParser()

@@ -24,12 +24,12 @@ from urllib.parse import quote
 import pytest
 from fastapi.testclient import TestClient
 
-from robot.records import PlantRecord
-from station.web import auth
-from station.web.app import create_app
-from station.web.auth import add_user
-from station.web.server import WebServer
-from station.web.users_cli import register as register_user_commands
+from leafscout.robot.records import PlantRecord
+from leafscout.station.web import auth
+from leafscout.station.web.app import create_app
+from leafscout.station.web.auth import add_user
+from leafscout.station.web.server import WebServer
+from leafscout.station.web.users_cli import register as register_user_commands
 from test_web_auth import OUTBOX, _basic, client, station  # noqa: F401  (the same station and users)
 
 # Ids a database written before ids were validated at ingestion may hold.
@@ -63,7 +63,7 @@ def _get(url: str, headers: dict) -> tuple[int, str, str]:
 
 
 def test_every_link_of_a_survey_with_an_awkward_id_works(station):
-    from station.web.routes import IdConvertor
+    from leafscout.station.web.routes import IdConvertor
 
     db, users, secrets = station
     for survey_id in AWKWARD_IDS:
@@ -111,7 +111,7 @@ def test_sixth_wrong_password_is_refused_before_any_password_check(client, stati
     checks = []
     real_verify = auth.verify_secret
     monkeypatch.setattr(auth, "verify_secret", lambda s, h: checks.append(1) or real_verify(s, h))
-    caplog.set_level(logging.WARNING, logger="station.web.access")
+    caplog.set_level(logging.WARNING, logger="leafscout.station.web.access")
     codes = [client.get("/api/surveys/s1/summary", headers=_basic("viewer", f"guess-{i}")).status_code
              for i in range(6)]
     assert codes == [401] * 5 + [429]
@@ -146,7 +146,7 @@ def test_one_client_guessing_many_accounts_is_locked_out(station):
 
 
 def test_lockouts_double_and_a_success_clears_the_account():
-    from station.web.ratelimit import LoginGuard
+    from leafscout.station.web.ratelimit import LoginGuard
 
     guard = LoginGuard(free=3, window_s=60, lockout_s=10, max_lockout_s=25)
     assert [guard.failed("a", now=t) for t in (0, 1, 2)] == [0, 0, 10]
@@ -249,7 +249,7 @@ def _self_signed(tmp_path):
 
 
 def test_tls_option_serves_https_with_secure_cookies(station, tmp_path):
-    from station.web.station_service import add_options, start_dashboard
+    from leafscout.station.web.station_service import add_options, start_dashboard
 
     db, users, secrets = station
     cert, key = _self_signed(tmp_path)
@@ -283,7 +283,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def test_tls_needs_both_files(tmp_path):
-    from station.web.server import WebServerError
+    from leafscout.station.web.server import WebServerError
 
     cert, _ = _self_signed(tmp_path)
     with pytest.raises(WebServerError, match="--tls-key"):
@@ -292,7 +292,7 @@ def test_tls_needs_both_files(tmp_path):
 
 # -- the users file, changed while the station runs -----------------------------------------
 def test_users_added_and_removed_take_effect_without_a_restart(client, station):
-    from station.web.auth import remove_user
+    from leafscout.station.web.auth import remove_user
 
     _, users, secrets = station
     assert client.post("/signin", data={"name": "viewer", "secret": secrets["viewer"]},

@@ -7,13 +7,13 @@ import contextlib
 import pytest
 from fastapi.testclient import TestClient
 
-from robot.records import PlantRecord
-from station.db import open_db
-from station.web import queries
-from station.web.aggregates import MAX_TIME_BUCKETS, SurveyAggregates
-from station.web.app import create_app
-from station.web.auth import add_user
-from station.web.sample_data import fill_survey
+from leafscout.robot.records import PlantRecord
+from leafscout.station.db import open_db
+from leafscout.station.web import queries
+from leafscout.station.web.aggregates import MAX_TIME_BUCKETS, SurveyAggregates
+from leafscout.station.web.app import create_app
+from leafscout.station.web.auth import add_user
+from leafscout.station.web.sample_data import fill_survey
 from test_web_auth import _basic
 
 
@@ -63,7 +63,7 @@ def test_late_records_do_not_collapse_the_time_chart(big):
     assert len(main) >= len(before) - 1 >= MAX_TIME_BUCKETS // 2
     assert [b.tail for b in after if b.tail] == ["early"] and after[0].plants == 40 and after[0].incidence == 1.0
     assert sum(b.plants for b in after) == truth.plants + 40
-    from station.web.svg import incidence_over_time
+    from leafscout.station.web.svg import incidence_over_time
 
     chart = incidence_over_time(after)
     assert chart.count('class="bucket"') == len(after) and 'data-tail="early"' in chart
@@ -136,8 +136,8 @@ def _png(path, size=(40, 30)):
 
 
 def test_gps_survey_points_basemap_and_report(tmp_path, db_target):
-    from station.report import write_report
-    from station.web.app import BasemapFile
+    from leafscout.station.report import write_report
+    from leafscout.station.web.app import BasemapFile
 
     db = open_db(db_target)
     try:

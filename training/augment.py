@@ -52,7 +52,7 @@ def cut_leaf_mask(image: np.ndarray) -> np.ndarray:
     by a few pixels, keeps marginal lesions and drops the backdrop. Training pastes
     leaves cut this way on new backgrounds, and the field simulator plants them.
     """
-    from vision.localize import largest_leaf_mask
+    from leafscout.vision.localize import largest_leaf_mask
 
     tissue = largest_leaf_mask(image).astype(np.uint8)
     grow = max(3, image.shape[1] // 16) | 1

@@ -6,7 +6,7 @@ most of it without changing any prediction: ``probs = softmax(logits / T)``.
 
 The abstain threshold turns "uncertain" into something measurable: a prediction is
 **accepted when its calibrated max probability is >= abstain_below**, and reported as
-uncertain otherwise (``vision.classifier.LeafClassifier.decide``). ``abstain_below``
+uncertain otherwise (``leafscout.vision.classifier.LeafClassifier.decide``). ``abstain_below``
 is the smallest threshold whose accepted validation predictions reach the target
 precision, so it keeps as many predictions as the target allows.
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from vision.bundle import softmax  # the robot's softmax: same numbers on both sides
+from leafscout.vision.bundle import softmax  # the robot's softmax: same numbers on both sides
 
 __all__ = [
     "CalibrationError",
@@ -359,7 +359,7 @@ def choose_diseased_weight(probs: np.ndarray, true_group: np.ndarray, taxonomy: 
     """The prior correction on the diseased group at which false alarms (healthy called
     diseased) and misses (diseased called healthy or background) are equally frequent on
     these leaves: lab training sets hold far more diseased than healthy classes, a field does not."""
-    from vision.classifier import decide_batch
+    from leafscout.vision.classifier import decide_batch
 
     healthy, diseased = true_group == 1, true_group == 2
     if not healthy.any() or not diseased.any():
@@ -402,13 +402,13 @@ def calibrate_field(
     probability, chosen on the validation negatives (``choose_ood_threshold``). The test
     part is never looked at here. Writes the block into the checkpoint and returns it.
     """
-    from deploy.data import resolve_split, split_beside
-    from vision.classifier import decide_batch
-    from vision.taxonomy import BACKGROUND, DISEASED, HEALTHY, Taxonomy
+    from leafscout.vision.classifier import decide_batch
+    from leafscout.vision.taxonomy import BACKGROUND, DISEASED, HEALTHY, Taxonomy
 
     from .checkpoint import checkpoint_preprocess, load_checkpoint
     from .evaluate import predict_probs
     from .metrics import expected_calibration_error
+    from .split import resolve_split, split_beside
 
     ckpt_path = Path(ckpt_path)
     model, ckpt = load_checkpoint(ckpt_path)

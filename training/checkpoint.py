@@ -10,7 +10,6 @@ Layout (a dict saved with ``torch.save``):
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from vision import PreprocessSpec, create_model
+from leafscout.vision import PreprocessSpec, create_model
+from leafscout.vision.bundle import file_sha256  # noqa: F401  (re-exported: checkpoints and splits are hashed alike)
 
 FORMAT = "leafscout-checkpoint/1"
 
@@ -31,14 +31,6 @@ def leafscout_version() -> str:
     from leafscout import __version__
 
     return __version__
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(

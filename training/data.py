@@ -127,7 +127,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def sample_image(sample: Sample) -> np.ndarray:
     """The pixels a sample stands for: the whole file, or its box cropped as the robot crops a detection."""
-    from vision.localize import square_crop
+    from leafscout.vision.localize import square_crop
 
     image = read_image(sample.path)
     if sample.box is None:
@@ -263,7 +263,7 @@ def decode_cached(
     """Decode every image once, apply ``transform`` (fixed output shape), stack, cache on disk.
 
     ``paths`` may also be ``Sample`` s: a sample with a box decodes to its crop
-    (``training.sources.sample_image``). Returns ``(arrays, ok)``; ``ok[i]`` is False
+    (``leafscout.training.sources.sample_image``). Returns ``(arrays, ok)``; ``ok[i]`` is False
     for a file that failed to decode (logged with its path). The cache is keyed by the file list, sizes, mtimes and
     ``transform_key``, so a changed file or spec never reuses stale pixels.
     """

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from vision import PreprocessSpec
+from leafscout.vision import PreprocessSpec
 
 from .checkpoint import checkpoint_preprocess, load_checkpoint
 from .data import Sample, sample_image, scan_folder

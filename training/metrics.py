@@ -81,7 +81,7 @@ def classification_metrics(
 
 def health_metrics(y_true: np.ndarray, probs: np.ndarray, taxonomy: Any, *, abstain_below: float = 0.0,
                    ood_below: float = 0.0, on_health: bool = True, diseased_weight: float = 1.0) -> dict[str, Any]:
-    """What the robot's decisions (``vision.classifier.decide_batch``) are worth on labelled crops.
+    """What the robot's decisions (``leafscout.vision.classifier.decide_batch``) are worth on labelled crops.
 
     On plant leaves (label not ``background``): ``coverage`` = share not abstained
     (uncertain); among covered leaves, ``health_accuracy`` = share whose decided health
@@ -91,8 +91,8 @@ def health_metrics(y_true: np.ndarray, probs: np.ndarray, taxonomy: Any, *, abst
     class names the right crop. On background crops: ``background_called_plant`` =
     share decided healthy or diseased. Counts come with every rate.
     """
-    from vision.classifier import decide_batch
-    from vision.taxonomy import BACKGROUND, DISEASED, HEALTHY, UNCERTAIN
+    from leafscout.vision.classifier import decide_batch
+    from leafscout.vision.taxonomy import BACKGROUND, DISEASED, HEALTHY, UNCERTAIN
 
     y, p = _check(y_true, probs)
     index, _, health, _ = decide_batch(p, taxonomy, abstain_below=abstain_below, ood_below=ood_below,

@@ -5,7 +5,7 @@ normalised), ``classes.txt`` and optionally a name map (``pv_class_map.json`` or
 ``name_map.json``: folder class name -> leafscout class name, or ``background``) and
 ``masks/`` (vegetation masks as in cwfid: 0 = vegetation, 255 = soil). Each leaf box
 becomes one sample, cropped square with a margin exactly as the robot crops a
-detection (``vision.localize.square_crop``). Box classes named like PlantVillage
+detection (``leafscout.vision.localize.square_crop``). Box classes named like PlantVillage
 (``Crop___Disease``) or mapped become plant classes; other names (cwfid's ``crop`` and
 ``weed``: plants we cannot name) become ``background``, with a logged note.
 
@@ -31,7 +31,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from vision.taxonomy import BACKGROUND
+from leafscout.vision.taxonomy import BACKGROUND
 
 from .data import Dataset, ImageReadError, Sample, read_image, sample_image, scan_folder
 

@@ -12,13 +12,13 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
-from vision.taxonomy import BACKGROUND
+from leafscout.vision.taxonomy import BACKGROUND
 
-from .data import Dataset, Sample
+from .data import REPO_ROOT, Dataset, Sample, default_data_dir
 
 __all__ = ["PARTS", "SPLIT_FORMAT", "Split", "SplitError", "make_split", "load_split"]
 
@@ -26,6 +26,7 @@ SPLIT_FORMAT = "leafscout-split/1"  # one folder (what older leafscout reads)
 SPLIT_FORMAT_SOURCES = "leafscout-split/2"  # several sources, boxes
 READ_FORMATS = (SPLIT_FORMAT, SPLIT_FORMAT_SOURCES)
 PARTS = ("train", "val", "test")
+SPLIT_MANIFEST_NAME = "split.json"  # what training writes beside its checkpoints
 
 
 class SplitError(ValueError):
@@ -195,3 +196,83 @@ def load_split(path: str | os.PathLike, root: str | os.PathLike | None = None,
         items=items,
         sha256=hashlib.sha256(data).hexdigest(),
     )
+
+
+def split_beside(checkpoint: str | os.PathLike) -> Path:
+    """``split.json`` in the checkpoint's run directory, where training writes it."""
+    path = Path(checkpoint).resolve().parent / SPLIT_MANIFEST_NAME
+    if not path.is_file():
+        raise SplitError(
+            f"no split manifest {path}: export needs the run's {SPLIT_MANIFEST_NAME} beside the checkpoint "
+            "to find evaluation and calibration images"
+        )
+    return path
+
+
+def _candidates(name: str, recorded: Path, index: int, data: list[Path], n_sources: int) -> list[Path]:
+    """Folders that may hold source ``name`` now: a --data folder of that name or the only
+    --data folder (one source), else the recorded root, the shared data folder, the default."""
+    out = [d for d in data if d.name == name]
+    if len(data) == 1 and n_sources == 1:
+        out.append(data[0])
+    if out:  # a folder given for this source is the only place to look
+        return list(dict.fromkeys(out))
+    out.append(recorded)
+    shared = REPO_ROOT.parent / "shared" / "data" / name
+    out.append(shared)
+    fallback = default_data_dir()
+    if index == 0 and fallback is not None:
+        out.append(Path(fallback))
+    seen, unique = set(), []
+    for p in out:
+        if p not in seen:
+            seen.add(p)
+            unique.append(p)
+    return unique
+
+
+def resolve_split(
+    manifest_path: str | os.PathLike,
+    *,
+    data: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    expected_sha256: str | None = None,
+    classes: list[str] | None = None,
+    strict: bool = True,
+) -> Split:
+    """Load a split manifest, check it is the expected one, and point each source at a folder that has its images.
+
+    ``strict=False`` leaves a source whose images are nowhere at its recorded root
+    instead of raising (for evaluating only some of the sources).
+
+    For each source tries a ``data`` folder of the same name (or the only one, for a
+    one-source split), the recorded root, ``../shared/data/NAME`` beside the checkout,
+    then ``default_data_dir()``.
+    """
+    split = load_split(manifest_path)
+    if expected_sha256 and split.sha256 != expected_sha256:
+        raise SplitError(
+            f"{manifest_path} has sha256 {split.sha256}, but the model was trained on split {expected_sha256}"
+        )
+    if classes is not None and list(split.classes) != list(classes):
+        raise SplitError(f"{manifest_path} lists classes {split.classes}, the model has {classes}")
+    dirs = [] if data is None else [Path(data)] if isinstance(data, (str, os.PathLike)) else [Path(d) for d in data]
+    roots, names, recorded = {}, split.source_names(), split.source_roots()
+    for i, (name, root) in enumerate(zip(names, recorded)):
+        probe = next((s for s, _ in split.items if s.source == i), None)
+        tried = []
+        for cand in _candidates(name, root, i, dirs, len(names)):
+            if probe is None or (cand / probe.path.relative_to(root)).is_file():
+                roots[name] = cand
+                break
+            tried.append(str(cand))
+        else:
+            if not strict:
+                roots[name] = root
+                continue
+            raise SplitError(
+                f"the images of source {name!r} listed in {manifest_path} are not under {' or '.join(tried)}; "
+                "pass --data DIR pointing at that data folder"
+            )
+    if split.sources:
+        return load_split(manifest_path, roots=roots)
+    return load_split(manifest_path, root=roots[names[0]]) if roots[names[0]] != split.root else split

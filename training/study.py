@@ -5,7 +5,7 @@ steps, mostly because it tolerates much larger learning rates. This module check
 that on our leaves: ``lenet`` (no BN), ``lenet_bn`` (BN before ReLU) and
 ``lenet_bn_after`` (BN after ReLU), each over a learning-rate sweep with SGD +
 momentum, same seed, same split, same batch order and augmentation. Every run is an
-ordinary ``training.train.train`` run (no second training loop); this module only
+ordinary ``leafscout.training.train.train`` run (no second training loop); this module only
 chooses the configurations, stops runs that diverged, and summarizes:
 epochs and wall time to a target validation accuracy, best accuracy, a curves PNG
 and a markdown table.
@@ -83,7 +83,7 @@ class StudyConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        from vision import get_entry
+        from leafscout.vision import get_entry
 
         for arm in self.arms:
             get_entry(arm)  # unknown names raise with the list of valid ones

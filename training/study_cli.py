@@ -176,7 +176,7 @@ def _calibrate_field(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m training.study_cli ...`` until the lead wires this module into ``leafscout``."""
+    """``python -m leafscout.training.study_cli ...`` until the lead wires this module into ``leafscout``."""
     import logging
 
     parser = argparse.ArgumentParser(prog="leafscout", description="BN study and calibration")

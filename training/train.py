@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vision import PreprocessSpec, create_model, get_entry
-from vision.taxonomy import BACKGROUND
+from leafscout.vision import PreprocessSpec, create_model, get_entry
+from leafscout.vision.taxonomy import BACKGROUND
 
 from .augment import AUGMENT_PRESETS, LeafAugment, augment_config, cut_leaf_mask
 from .checkpoint import CheckpointError, read_checkpoint, save_checkpoint

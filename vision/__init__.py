@@ -3,7 +3,7 @@
 Training and the robot both import from here, so there is exactly one way to turn
 an image into a model input. Importing ``vision`` needs only numpy and OpenCV: the
 torch-backed names (models, registry, complexity) load on first use, so a robot with
-just onnxruntime runs ``vision.bundle`` and ``vision.classifier`` without torch.
+just onnxruntime runs ``leafscout.vision.bundle`` and ``leafscout.vision.classifier`` without torch.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ buffer and one onnxruntime call. ``vote`` merges a plant's views into one decisi
 
 What is decided depends on the bundle. A field bundle (``calibration.decide_on ==
 "health"``, with a ``background`` class) answers *healthy, diseased or not a plant*
-from the class probabilities summed per health group (``vision.taxonomy``): the
+from the class probabilities summed per health group (``leafscout.vision.taxonomy``): the
 largest group wins; it is *uncertain* when that group's calibrated probability is
 below ``abstain_below`` or when the best class probability is below ``ood_below``
 (an out-of-distribution input: nothing the model knows). The class is the best one
@@ -35,7 +35,7 @@ class ClassifierError(ValueError):
 
 
 class BundleLike(Protocol):
-    """What the classifier needs from ``vision.bundle.Bundle``."""
+    """What the classifier needs from ``leafscout.vision.bundle.Bundle``."""
 
     classes: list[str]
     spec: PreprocessSpec

@@ -1,6 +1,6 @@
 """Find plants in a camera frame: vegetation segmentation, then leaf-sized, leaf-shaped blobs.
 
-``vision.segment`` marks vegetation per pixel with a per-frame threshold (bare soil,
+``leafscout.vision.segment`` marks vegetation per pixel with a per-frame threshold (bare soil,
 straw, gravel give none). This module turns that mask into plant candidates on a
 frame shrunk to ``work_width`` pixels (a 4x smaller 640x480 frame costs about a
 millisecond): an opening first removes specks, grass blades and thin weeds narrower

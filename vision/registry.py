@@ -41,7 +41,7 @@ def register_model(*, input_size: tuple[int, int], description: str) -> Callable
 
 def _load_architectures() -> None:
     """Import the architecture modules, which register themselves (once)."""
-    importlib.import_module("vision.models")
+    importlib.import_module("leafscout.vision.models")
 
 
 def get_entry(name: str) -> ModelEntry:

@@ -2,7 +2,7 @@
 
 Sources differ only in where pixels come from (a V4L2 device, a stream, a video
 file, a folder, the simulator); threading, watchdogs and recovery live in
-``robot.camera.capture`` so each source stays a few lines long.
+``leafscout.robot.camera.capture`` so each source stays a few lines long.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Camera sources chosen by a string: device, stream, GStreamer pipeline, video file, folder, simulator.
 
-``make_source(spec)`` returns an unopened source; ``robot.camera.capture.Capture``
+``make_source(spec)`` returns an unopened source; ``leafscout.robot.camera.capture.Capture``
 calls it again to reopen a source that stalled or vanished.
 """
 from __future__ import annotations
@@ -160,7 +160,7 @@ def make_source(spec: str | int, *, folder_fps: float = 10.0) -> FrameSource:
     kind = source_kind(spec)
     s = str(spec).strip()
     if kind == "sim":
-        from robot.simulate import SimSource
+        from leafscout.robot.simulate import SimSource
 
         return SimSource.from_spec(s[4:] if s.startswith("sim:") else "")
     if kind == "device":

@@ -6,7 +6,7 @@ indexes) costs hundreds of milliseconds on a small station computer, so the dash
 keeps, per survey, the counts per row, per class and per 10-second time slot plus a
 thinned track per robot, and on each request reads only rows whose ``rowid`` is above the
 last one it saw (the station only appends: records are never updated or deleted; on
-PostgreSQL ``rowid`` is a column that grows in commit order, see :mod:`station.sql`).
+PostgreSQL ``rowid`` is a column that grows in commit order, see :mod:`leafscout.station.sql`).
 Each stored row is read once in the life of the process, never once per request.
 
 The same class builds a report offline: a fresh instance reads everything once.
@@ -18,8 +18,8 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
-from robot.field_stats import wilson_interval
-from station.sql import Connection, stream
+from leafscout.robot.field_stats import wilson_interval
+from leafscout.station.sql import Connection, stream
 
 SLOT_S = 10.0  # time resolution kept for "incidence over time"
 CELL_M = 10.0  # GPS grid for plants without a row number
@@ -280,7 +280,7 @@ class SurveyAggregates:
             return survey_id in self._surveys
 
     def folding(self, plants: Iterable[Mapping]) -> Iterator[Mapping]:
-        """Yield ``plants`` (rows of :func:`station.web.queries.iter_plants`, one survey's)
+        """Yield ``plants`` (rows of :func:`leafscout.station.web.queries.iter_plants`, one survey's)
         after folding each in: an offline report reads the plants once for its exports
         and its statistics. Plants are then never read from the database."""
         self._read_plants = False
@@ -514,7 +514,7 @@ def _quantile_slot(ordered: list[int], slots: dict[int, _Counts], total: int, q:
 def filtered_summary(conn: Connection, survey_id: str, where: str, params: tuple,
                      tracks: dict[str, list[TrackPoint]] | None = None) -> SurveySummary:
     """Statistics of the survey's plants that match ``where`` (an SQL condition on
-    ``plants``, from :class:`station.web.queries.PlantFilter`), computed now in one pass."""
+    ``plants``, from :class:`leafscout.station.web.queries.PlantFilter`), computed now in one pass."""
     s = _Survey()
     agg = SurveyAggregates()
     agg._surveys[survey_id] = s

@@ -1,7 +1,7 @@
 """``create_app``: the dashboard's ASGI app for one station database.
 
-Routes live in :mod:`station.web.access` (sign-in, who may do what) and
-:mod:`station.web.routes` (pages, downloads, the write endpoint); this module wires
+Routes live in :mod:`leafscout.station.web.access` (sign-in, who may do what) and
+:mod:`leafscout.station.web.routes` (pages, downloads, the write endpoint); this module wires
 them to one :class:`StationState`, maps the access errors to 401/403/404/413/415/422/429
 and adds the security headers to every response (:class:`SecurityHeaders`).
 """
@@ -21,8 +21,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from leafscout import __version__
-from station.db import StationDB, open_db, read_rows
-from station.sql import Connection, is_broken
+from leafscout.station.db import StationDB, open_db, read_rows
+from leafscout.station.sql import Connection, is_broken
 
 from . import access, queries, routes
 from .aggregates import SurveyAggregates, SurveySummary

@@ -2,7 +2,7 @@
 
 Templates build links with ``url_for(name, **params)``, which here returns a path, not
 an absolute URL built from the request's ``Host`` header; the routes' ``anyid``
-convertor percent-encodes the ids in it (:class:`station.web.routes.IdConvertor`).
+convertor percent-encodes the ids in it (:class:`leafscout.station.web.routes.IdConvertor`).
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """SQL the pages and exports run on the station database (see :mod:`station.db`).
 
-Statistics come from :mod:`station.web.aggregates`; what is here either stops after
+Statistics come from :mod:`leafscout.station.web.aggregates`; what is here either stops after
 one page of rows (the gallery, through an index) or streams (the exports). The same
-statements run on SQLite and PostgreSQL (:mod:`station.sql`).
+statements run on SQLite and PostgreSQL (:mod:`leafscout.station.sql`).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import date, datetime, timezone
 
-from station.sql import Connection, connect_readonly, stream
+from leafscout.station.sql import Connection, connect_readonly, stream
 
 __all__ = ["INDEXES", "Connection", "connect_readonly", "survey_exists", "flagged", "iter_plants", "FilterError",
            "PlantFilter", "plants_in_view", "plants_in_area", "flagged_points"]

@@ -13,7 +13,7 @@ STATIC_DIR = PACKAGE_DIR / "static"
 
 def pretty_label(label: str) -> str:
     """'Tomato___Late_blight' -> 'Tomato: Late blight', for people rather than programs."""
-    from station.report import crop_and_disease
+    from leafscout.station.report import crop_and_disease
 
     crop, disease = crop_and_disease(label)
     if crop is None:

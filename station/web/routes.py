@@ -1,6 +1,6 @@
 """The dashboard's pages, downloads and the one write endpoint.
 
-Pages take their statistics from the running aggregates (:mod:`station.web.aggregates`)
+Pages take their statistics from the running aggregates (:mod:`leafscout.station.web.aggregates`)
 and their lists from index-backed queries, so they stay fast with 100,000 plants.
 
 Survey and record ids travel through the ``anyid`` convertor (:class:`IdConvertor`), so
@@ -22,11 +22,11 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
-from robot.records import PlantRecord, RecordError, parse_record_id, record_from_dict
-from station.db import StationDB, read_robots
-from station.report import csv_lines, geojson_chunks, render_report
+from leafscout.robot.records import PlantRecord, RecordError, parse_record_id, record_from_dict
+from leafscout.station.db import StationDB, read_robots
+from leafscout.station.report import csv_lines, geojson_chunks, render_report
 
-from station.sql import Connection
+from leafscout.station.sql import Connection
 
 from . import queries, svg, views
 from .aggregates import filtered_summary
@@ -184,7 +184,7 @@ def observations_geojson(request: Request, survey_id: str, who: Principal = Depe
 @router.get("/surveys/{survey_id:anyid}/farmos.json", name="farmos_json")
 def farmos_json(request: Request, survey_id: str, who: Principal = Depends(principal)) -> Response:
     """The survey as farmOS JSON:API records (what ``leafscout farmos export`` writes)."""
-    from station.farmos import farmos_document
+    from leafscout.station.farmos import farmos_document
 
     doc = farmos_document(_known_survey(request, survey_id), survey_id)
     return JSONResponse(doc, media_type="application/vnd.api+json", headers=_attachment(survey_id, "_farmos.json"))

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from robot.records import UNCERTAIN, Heartbeat, PlantRecord
+from leafscout.robot.records import UNCERTAIN, Heartbeat, PlantRecord
 
 DISEASES = ("Tomato___Late_blight", "Tomato___Early_blight", "Tomato___Septoria_leaf_spot",
             "Tomato___Bacterial_spot")
@@ -157,14 +157,14 @@ def fill_survey(db, survey_id: str = "demo-survey", *, batch: int = 2000, progre
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m station.web.sample_data --report docs/sample_report.html``: the docs' sample report."""
+    """``python -m leafscout.station.web.sample_data --report docs/sample_report.html``: the docs' sample report."""
     import argparse
     import shutil
     import tempfile
     from pathlib import Path
 
-    from station.db import open_db
-    from station.report import validate_observations, write_report
+    from leafscout.station.db import open_db
+    from leafscout.station.report import validate_observations, write_report
 
     parser = argparse.ArgumentParser(description="Write the sample survey report shipped in docs/.")
     parser.add_argument("--report", type=Path, required=True, help="where to write the sample report.html")

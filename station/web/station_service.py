@@ -1,10 +1,10 @@
-"""The dashboard as a service of the ``leafscout station`` process (see ``station.cli``).
+"""The dashboard as a service of the ``leafscout station`` process (see ``leafscout.station.cli``).
 
-``station.cli`` runs ``SERVICES`` beside the receivers and lets ``OPTION_HOOKS`` add
+``leafscout.station.cli`` runs ``SERVICES`` beside the receivers and lets ``OPTION_HOOKS`` add
 options; hooking these two functions in adds ``--http HOST:PORT``, ``--users FILE`` and
 ``--tls-cert PEM --tls-key PEM`` (HTTPS, Secure cookies)::
 
-    from station.web.station_service import add_options, start_dashboard
+    from leafscout.station.web.station_service import add_options, start_dashboard
     OPTION_HOOKS.append(add_options)
     SERVICES.append(start_dashboard)
 

@@ -1,6 +1,6 @@
 """Inline SVG plots for the dashboard and the report: the field map and incidence over time.
 
-Plain SVG strings, built from the aggregates in :mod:`station.web.queries`: they cost
+Plain SVG strings, built from the aggregates in :mod:`leafscout.station.web.queries`: they cost
 microseconds per request, need no JavaScript or map tiles, and embed unchanged in the
 self-contained HTML report. Every shape carries ``data-*`` attributes with its numbers
 so tests (and people with a DOM inspector) read the values, not the colours.
@@ -51,7 +51,7 @@ class Basemap:
 def survey_map(summary: SurveySummary, points: Sequence[Mapping] = (), basemap: Basemap | None = None) -> str:
     """The survey's field map: crop rows when plants have row numbers, else GPS cells.
 
-    ``points`` (plants as :func:`station.web.queries.plants_in_view` returns them) are
+    ``points`` (plants as :func:`leafscout.station.web.queries.plants_in_view` returns them) are
     drawn on the rows from the start (the report); the dashboard loads them when zoomed.
     """
     if summary.rows or not summary.cells:
