@@ -41,7 +41,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from leafscout.robot.records import PlantRecord  # noqa: E402
+from leafscout.link.records import PlantRecord
 from leafscout.station.db import open_db  # noqa: E402
 from leafscout.station.web.app import create_app  # noqa: E402
 from leafscout.station.web.auth import add_user  # noqa: E402

@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO))
 
 import paho.mqtt.client as mqtt  # noqa: E402
 
-from leafscout.robot.mqtt_link import topic  # noqa: E402
-from leafscout.robot.records import PlantRecord  # noqa: E402
+from leafscout.link.mqtt import topic
+from leafscout.link.records import PlantRecord
 from leafscout.station.broker import Broker  # noqa: E402
 from leafscout.station.pg_server import PostgresServer  # noqa: E402
 

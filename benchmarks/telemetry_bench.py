@@ -28,15 +28,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-from leafscout.station.broker import Broker  # noqa: E402
+from telemetry_faults import crash_loop, decode_stream, fault_stream, run_kill_loop, wait_for  # noqa: E402
+
+from leafscout.link.records import PlantRecord
 from leafscout.robot.mqtt_link import MqttLink  # noqa: E402
 from leafscout.robot.outbox import Outbox  # noqa: E402
-from leafscout.robot.records import PlantRecord  # noqa: E402
 from leafscout.robot.serial_link import BITS_PER_BYTE, SerialLink  # noqa: E402
 from leafscout.robot.telemetry import Telemetry  # noqa: E402
+from leafscout.station.broker import Broker  # noqa: E402
 from leafscout.station.db import open_db  # noqa: E402
 from leafscout.station.receiver import Station  # noqa: E402
-from telemetry_faults import crash_loop, decode_stream, fault_stream, run_kill_loop, wait_for  # noqa: E402
 
 T0 = 1_780_000_000.0
 log = logging.getLogger("telemetry_bench")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from leafscout.robot import protocol as P  # noqa: E402
-from leafscout.robot.records import PlantRecord  # noqa: E402
+from leafscout.link import protocol as P
+from leafscout.link.records import PlantRecord
 
 KEY = b"leafscout-example-key"
 OUTBOX_ID = bytes.fromhex("8f14e45fceea167a5a36dedd4bea2543")

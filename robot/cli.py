@@ -163,18 +163,19 @@ def build_sinks(args: argparse.Namespace, stack: Any) -> list[Any]:
     """
     if not (args.serial or args.mqtt):
         return []
+    from leafscout.link.credentials import read_key, read_password
+    from leafscout.link.mqtt import url_has_password
+    from leafscout.link.records import RecordError, check_id
+
     from .outbox import OutboxError
-    from .records import RecordError, check_id
     from .serial_link import SerialLinkError
-    from .telemetry import TelemetryError, open_sinks, read_key, read_password
+    from .telemetry import TelemetryError, open_sinks
 
     try:  # ids the station would refuse: fail now, not one dropped record at a time
         check_id("--robot-id", args.robot_id)
         check_id("--survey", args.survey)
     except RecordError as e:
         raise TelemetryError(str(e)) from None
-    from .mqtt_link import url_has_password
-
     if args.mqtt and url_has_password(args.mqtt):
         raise TelemetryError("the --mqtt URL holds a password (readable in /proc by every user): use "
                              "--password-file or $LEAFSCOUT_MQTT_PASSWORD")

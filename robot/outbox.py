@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from leafscout.robot.ratelimit import RateLimitedLog
-from leafscout.robot.records import Heartbeat, PlantRecord, RowSummary, record_from_dict
+from leafscout.link.ratelimit import RateLimitedLog
+from leafscout.link.records import Heartbeat, PlantRecord, RowSummary, record_from_dict, record_id
+from leafscout.link.sqlite import connect_wal
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +109,6 @@ def validate(record: Record) -> dict:
     d = record.to_dict()
     record_from_dict(d)
     return d
-
-
-def record_id(robot_id: str, outbox_id: str, seq: int) -> str:
-    """The id the station deduplicates on: stable across links and retransmissions, unique
-    across outbox files (``outbox_id`` is random, 128 bits)."""
-    return f"{robot_id}:{outbox_id}:{seq}"
 
 
 def default_state_dir(robot_id: str) -> Path:
@@ -339,16 +334,6 @@ class Outbox:
     def integrity_check(self) -> str:
         with self._lock:
             return self._conn.execute("PRAGMA integrity_check").fetchone()[0]
-
-
-def connect_wal(path: str | Path, schema: str) -> sqlite3.Connection:
-    """A connection in WAL mode with fsync on every commit, usable from any thread (lock it)."""
-    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=5000")
-    conn.executescript(schema)
-    return conn
 
 
 def _remember_counted(c: sqlite3.Connection, record: PlantRecord, seq: int, body: str) -> None:

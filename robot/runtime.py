@@ -22,15 +22,16 @@ from typing import Any, Protocol, Sequence
 import cv2
 import numpy as np
 
+from leafscout.link.records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
+from leafscout.link.stats import wilson_interval
 from leafscout.vision.classifier import LeafClassifier
-from leafscout.vision.taxonomy import BACKGROUND
 from leafscout.vision.localize import LeafLocalizer, LocalizeConfig, masked_square_crop, square_crop
+from leafscout.vision.taxonomy import BACKGROUND
 from leafscout.vision.white_balance import SOIL_BGR, WhiteBalance, apply_gains, balance_gains
 
 from .camera import Capture, Frame
-from .field_stats import FieldStats, wilson_interval
+from .field_stats import FieldStats
 from .gps import FIX, INTERPOLATED, NO_FIX, STALE, GpsReader, NmeaLog, Position, PositionSource
-from .records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
 from .survey_store import SurveyStore
 from .timing import StageTimer
 from .tracker import PlantTracker, Track, TrackerConfig

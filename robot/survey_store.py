@@ -13,8 +13,9 @@ import time
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
+from leafscout.link.records import PlantRecord
+
 from .field_stats import FieldStats
-from .records import PlantRecord
 
 __all__ = ["SurveyStore", "SurveyState", "SurveyStoreError"]
 

@@ -31,10 +31,11 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
+from leafscout.link.credentials import PASSWORD_ENV, read_key, read_password
+from leafscout.link.ratelimit import RateLimitedLog
+from leafscout.link.records import Heartbeat, PlantRecord, RecordError, RowSummary
 from leafscout.robot.outbox import Outbox, OutboxStats, validate
 from leafscout.robot.outbox import outbox_path as default_outbox_path
-from leafscout.robot.ratelimit import RateLimitedLog
-from leafscout.robot.records import Heartbeat, PlantRecord, RecordError, RowSummary
 
 log = logging.getLogger(__name__)
 _limited = RateLimitedLog(log)
@@ -286,32 +287,6 @@ def open_sinks(**kwargs: object) -> Iterator[list[Telemetry]]:
     finally:
         for s in sinks:
             s.close()
-
-
-def read_key(path: str | Path | None) -> bytes | None:
-    """An HMAC key file: its bytes with surrounding whitespace removed (at least 16 bytes)."""
-    if path is None:
-        return None
-    key = Path(path).read_bytes().strip()
-    if len(key) < 16:
-        raise TelemetryError(f"HMAC key in {str(path)!r} is {len(key)} bytes; use at least 16")
-    return key
-
-
-PASSWORD_ENV = "LEAFSCOUT_MQTT_PASSWORD"
-
-
-def read_password(path: str | Path | None = None) -> str | None:
-    """The MQTT password: from ``path`` (``--password-file``), else ``$LEAFSCOUT_MQTT_PASSWORD``,
-    else None (then a password in the URL is used, which other users can read in /proc)."""
-    import os
-
-    if path is not None:
-        pw = Path(path).read_text().strip()
-        if not pw:
-            raise TelemetryError(f"password file {str(path)!r} is empty")
-        return pw
-    return os.environ.get(PASSWORD_ENV) or None
 
 
 def synthetic_records(robot_id: str, survey_id: str, n: int, seed: int = 0, t0: float | None = None,

@@ -14,11 +14,12 @@ import os
 import signal
 import sys
 import threading
-import tomllib
 from pathlib import Path
 from typing import Callable
 
-from leafscout.robot.telemetry import PASSWORD_ENV
+import tomllib
+
+from leafscout.link.credentials import PASSWORD_ENV
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,8 @@ def _apply_config(args: argparse.Namespace) -> str | None:
 
 def _security(args: argparse.Namespace, password: str | None) -> tuple[str | None, object]:
     """(MQTT password, key ring): refuses what is insecure unless --insecure."""
-    from leafscout.robot.mqtt_link import parse_mqtt_url, url_has_password
-    from leafscout.robot.telemetry import read_key, read_password
+    from leafscout.link.credentials import read_key, read_password
+    from leafscout.link.mqtt import parse_mqtt_url, url_has_password
     from leafscout.station.keys import KeyRing
     from leafscout.station.receiver import StationError
     from leafscout.station.sql import is_postgres
@@ -172,8 +173,8 @@ def _security(args: argparse.Namespace, password: str | None) -> tuple[str | Non
 
 
 def run(args: argparse.Namespace) -> int:
-    from leafscout.robot.mqtt_link import MqttLinkError, redact_url
-    from leafscout.robot.telemetry import TelemetryError
+    from leafscout.link.credentials import CredentialError
+    from leafscout.link.mqtt import MqttLinkError, redact_url
     from leafscout.station.db import StationDBError
     from leafscout.station.keys import KeyFileError
     from leafscout.station.receiver import Station, StationError
@@ -195,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         station = Station(args.db, read_db=args.read_db, mqtt=args.mqtt, serial=args.serial, keys=keys, robots=robots,
                           baudrate=args.baud, client_id=args.client_id, insecure=bool(args.insecure),
                           mqtt_password=password)
-    except (OSError, StationError, StationDBError, TelemetryError, KeyFileError, MqttLinkError, ValueError,
+    except (OSError, StationError, StationDBError, CredentialError, KeyFileError, MqttLinkError, ValueError,
             tomllib.TOMLDecodeError) as e:
         log.error("cannot start the station: %s", e)
         return 2

@@ -57,8 +57,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from leafscout.robot.outbox import connect_wal
-from leafscout.robot.records import Heartbeat, PlantRecord, RowSummary
+from leafscout.link.records import Heartbeat, PlantRecord, RowSummary
+from leafscout.link.sqlite import connect_wal
 from leafscout.station import sql
 
 log = logging.getLogger(__name__)

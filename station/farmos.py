@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from leafscout.robot.field_stats import wilson_interval
+from leafscout.link.stats import wilson_interval
 from leafscout.station.sql import Connection
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import os
 import secrets
 from pathlib import Path
 
-from leafscout.robot.records import ID_PATTERN, RecordError, check_id
+from leafscout.link.records import ID_PATTERN, RecordError, check_id
 
 log = logging.getLogger(__name__)
 

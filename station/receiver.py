@@ -2,7 +2,7 @@
 
 Every input passes the same gate before it can touch the database: size limit, HMAC
 (per-robot keys, ``leafscout.station.keys``), robot allow-list, schema and limits
-(``leafscout.robot.records``), and the duplicate filter (record id).  Each message is checked and
+(``leafscout.link.records``), and the duplicate filter (record id).  Each message is checked and
 stored on its own (a savepoint per record): a bad one never sinks its neighbours.
 Anything that fails is counted in the ``rejected`` table under a reason (``too_large``,
 ``bad_hmac``, ``bad_crc``, ``malformed``, ``invalid``, ``unknown_robot``, ``bad_topic``,
@@ -28,13 +28,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from leafscout.robot import protocol as P
-from leafscout.robot.mqtt_link import (DATA_KINDS, MAX_THUMBNAIL_BYTES, MessageError, ack_message, make_client,
-                              parse_mqtt_url, seal, topic, unseal)
-from leafscout.robot.outbox import record_id
-from leafscout.robot.ratelimit import RateLimitedLog
-from leafscout.robot.records import ID_PATTERN, RecordError, parse_record_id, record_from_dict
-from leafscout.robot.serial_link import PortReader
+from leafscout.link import protocol as P
+from leafscout.link.mqtt import (
+    DATA_KINDS,
+    MAX_THUMBNAIL_BYTES,
+    MessageError,
+    ack_message,
+    make_client,
+    parse_mqtt_url,
+    seal,
+    topic,
+    unseal,
+)
+from leafscout.link.ratelimit import RateLimitedLog
+from leafscout.link.records import ID_PATTERN, RecordError, parse_record_id, record_from_dict, record_id
+from leafscout.link.serial_port import PortReader
 from leafscout.station.db import Record, StationDB, open_db
 from leafscout.station.keys import KeyRing
 

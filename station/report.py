@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from leafscout.robot.records import UNCERTAIN
+from leafscout.link.records import UNCERTAIN
 from leafscout.station.sql import Connection
 
 log = logging.getLogger(__name__)
@@ -341,9 +341,9 @@ def write_report(db: Any, survey_id: str, out_dir: str | Path, *, basemap=None) 
     """
     from leafscout.station.db import StationDBError, open_db
     from leafscout.station.sql import is_postgres
-    from leafscout.station.web.svg import Basemap
     from leafscout.station.web import queries
     from leafscout.station.web.aggregates import SurveyAggregates
+    from leafscout.station.web.svg import Basemap
 
     with contextlib.ExitStack() as stack:
         if isinstance(db, (str, Path)):

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from leafscout.robot import protocol as P
+from leafscout.link import protocol as P
+from leafscout.link.records import PlantRecord
 from leafscout.robot.outbox import Outbox
-from leafscout.robot.records import PlantRecord
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import base64
 
 from fastapi.testclient import TestClient
 
-from leafscout.robot.records import Heartbeat
+from leafscout.link.records import Heartbeat
 from leafscout.station.db import open_db
 from leafscout.station.web.app import create_app
 from leafscout.station.web.auth import add_user

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from leafscout.robot.field_stats import FieldStats, RowStats, wilson_interval
-from leafscout.robot.records import UNCERTAIN, PlantRecord
+from leafscout.link.records import UNCERTAIN, PlantRecord
+from leafscout.link.stats import wilson_interval
+from leafscout.robot.field_stats import FieldStats, RowStats
 from leafscout.robot.survey_store import SurveyStore, SurveyStoreError
 
 

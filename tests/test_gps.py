@@ -166,8 +166,8 @@ def test_live_plants_counted_in_a_dropout_wait_for_the_fixes_around_them(pty_pai
     the GPS is back; plants with a fix behind them wait too (plant ids stay in order)."""
     import time
 
+    from leafscout.link.records import PlantRecord
     from leafscout.robot.gps import FIX, INTERPOLATED, STALE
-    from leafscout.robot.records import PlantRecord
     from leafscout.robot.runtime import Runtime
 
     master, port = pty_pair

@@ -10,16 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import require_binary
+from telemetry_faults import wait_for
+
+from leafscout.link.records import PlantRecord
 from leafscout.robot.mqtt_link import MqttLink
 from leafscout.robot.outbox import Outbox, default_state_dir, outbox_path
-from leafscout.robot.records import PlantRecord
 from leafscout.robot.serial_link import SerialLink
 from leafscout.robot.telemetry import Telemetry
 from leafscout.station.broker import Broker
 from leafscout.station.receiver import Station
-from telemetry_faults import wait_for
 
 T0 = 1_780_000_000.0
 

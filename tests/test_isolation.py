@@ -14,20 +14,21 @@ import math
 import paho.mqtt.client as mqtt
 import pytest
 import serial
+from conftest import require_binary
 from hypothesis import given
 from hypothesis import strategies as st
+from telemetry_faults import wait_for
+from test_protocol import fuzz_settings
 
-from conftest import require_binary
-from leafscout.robot import protocol as P
-from leafscout.robot.mqtt_link import MqttLink, topic, unseal
+from leafscout.link import protocol as P
+from leafscout.link.mqtt import topic, unseal
+from leafscout.link.records import PlantRecord, RecordError, RowSummary, record_from_dict
+from leafscout.robot.mqtt_link import MqttLink
 from leafscout.robot.outbox import Outbox
-from leafscout.robot.records import PlantRecord, RecordError, RowSummary, record_from_dict
 from leafscout.robot.telemetry import Telemetry
 from leafscout.station.broker import Broker
 from leafscout.station.db import open_db
 from leafscout.station.receiver import MqttReceiver, Station
-from telemetry_faults import wait_for
-from test_protocol import fuzz_settings
 
 T0 = 1_780_000_000.0
 OB = "00112233445566778899aabbccddeeff"
@@ -116,8 +117,8 @@ def test_rejection_ack_removes_the_record_from_the_robots_outbox(tmp_path, db_ta
 
 def _lax_pending(outbox: Outbox):
     """``pending`` of a robot version without the survey id limit (reads records unchecked)."""
+    from leafscout.link.records import RECORD_TYPES
     from leafscout.robot.outbox import OutboxItem
-    from leafscout.robot.records import RECORD_TYPES
 
     def pending(kinds=None, after=0, limit=100, exclude=()):
         rows = outbox._reader.execute("SELECT seq, body FROM outbox ORDER BY seq").fetchall()
@@ -228,7 +229,7 @@ def test_property_no_valid_record_near_an_invalid_one_is_lost(receiver, batch):
 
 
 def test_heartbeat_drops_are_shown_per_robot(tmp_path, db_target):
-    from leafscout.robot.records import Heartbeat
+    from leafscout.link.records import Heartbeat
 
     with open_db(db_target) as db:
         db.insert_records([(f"r1:{OB}:1", Heartbeat("r1", T0, 5, 10, 9.0, dropped=7), None),

@@ -1,18 +1,18 @@
 """MQTT link against a real Mosquitto: delivery, outages, kill -9, credentials."""
 from __future__ import annotations
 
-
 import paho.mqtt.client as mqtt
 import pytest
-
 from conftest import require_binary
-from leafscout.station.broker import Broker
-from leafscout.robot.mqtt_link import MqttLink, MqttLinkError, parse_mqtt_url, seal, topic
-from leafscout.robot.outbox import Outbox
-from leafscout.robot.records import PlantRecord
-from leafscout.robot.telemetry import Telemetry, synthetic_records
-from leafscout.station.receiver import Station
 from telemetry_faults import wait_for
+
+from leafscout.link.mqtt import MqttLinkError, parse_mqtt_url, seal, topic
+from leafscout.link.records import PlantRecord
+from leafscout.robot.mqtt_link import MqttLink
+from leafscout.robot.outbox import Outbox
+from leafscout.robot.telemetry import Telemetry, synthetic_records
+from leafscout.station.broker import Broker
+from leafscout.station.receiver import Station
 
 T0 = 1_780_000_000.0
 JPEG = b"\xff\xd8\xff\xe0" + b"thumb" * 20
@@ -157,7 +157,7 @@ def test_bad_urls_are_named():
 def test_passwords_never_in_urls_that_are_printed_or_logged(tmp_path, capsys):
     """Before: passwords went on the command line and were echoed in errors and a traceback."""
     from leafscout.cli import main
-    from leafscout.robot.mqtt_link import redact_url
+    from leafscout.link.mqtt import redact_url
 
     assert redact_url("mqtt://r1:s3cret@h:1883") == "mqtt://r1:***@h:1883"
     assert redact_url("mqtts://r1:s3cret@h?ca=/c.pem") == "mqtts://r1:***@h?ca=/c.pem"

@@ -6,11 +6,11 @@ import threading
 import time
 
 import pytest
-
-from leafscout.robot.outbox import Outbox, OutboxError, record_id
-from leafscout.robot.records import Heartbeat, PlantRecord, RecordError, RowSummary
-from leafscout.robot.telemetry import Telemetry, TelemetryError
 from telemetry_faults import wait_for
+
+from leafscout.link.records import Heartbeat, PlantRecord, RecordError, RowSummary, record_id
+from leafscout.robot.outbox import Outbox, OutboxError
+from leafscout.robot.telemetry import Telemetry, TelemetryError
 
 
 def plant(i: int) -> PlantRecord:
@@ -189,11 +189,11 @@ def test_outbox_limit_and_state_dir_come_from_robot_toml():
 
 def test_a_clock_set_back_does_not_make_queued_records_unreadable(tmp_path, monkeypatch):
     """Records are checked (time within a day of now) when queued, not again when read back."""
-    import leafscout.robot.records
+    import leafscout.link.records
 
     with Outbox(tmp_path / "o.db") as ob:
         now = time.time()
         ob.put(PlantRecord("r1", "s1", 1, now, "Tomato___healthy", 0, 0.9, 3))
-        monkeypatch.setattr(leafscout.robot.records.time, "time", lambda: now - 3 * 86400)  # the clock jumps back 3 days
+        monkeypatch.setattr(leafscout.link.records.time, "time", lambda: now - 3 * 86400)  # the clock jumps back 3 days
         assert [i.record.plant_id for i in ob.pending()] == [1]
         assert ob.stats().dropped["unreadable"] == 0

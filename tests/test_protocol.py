@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from leafscout.robot import protocol as P
-from leafscout.robot.records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
 from telemetry_faults import CTX, decode_stream, fault_stream
+
+from leafscout.link import protocol as P
+from leafscout.link.records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 KEY = b"leafscout-example-key"

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import logging
 
+from leafscout.link.ratelimit import RateLimitedLog
+from leafscout.link.records import PlantRecord
 from leafscout.robot.outbox import Outbox
-from leafscout.robot.ratelimit import RateLimitedLog
-from leafscout.robot.records import PlantRecord
 
 
 def test_one_line_per_key_per_interval(caplog):

@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from leafscout.robot.records import (
+from leafscout.link.records import (
     UNCERTAIN,
     Heartbeat,
     PlantRecord,
@@ -67,7 +67,7 @@ def test_unknown_kind(payload):
 
 
 def test_record_ids_have_a_documented_shape():
-    from leafscout.robot.records import parse_record_id
+    from leafscout.link.records import parse_record_id
 
     ob = "0123456789abcdef0123456789abcdef"
     assert parse_record_id(f"r1:{ob}:42", "r1") == ("r1", ob, 42)

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from leafscout.robot.records import PlantRecord, RowSummary
+from leafscout.link.records import PlantRecord, RowSummary
 from leafscout.station.db import open_db
 from leafscout.station.report import ReportError, crop_and_disease, validate_observations, write_report
 from leafscout.station.report_cli import register

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 
 from leafscout.cli import main
+from leafscout.link.records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
 from leafscout.robot.camera import open_capture
 from leafscout.robot.gps import FieldGeometry, GpsPosition, NmeaLog
-from leafscout.robot.records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
 from leafscout.robot.runtime import Runtime, RuntimeConfig
 from leafscout.robot.simulate import FieldConfig, LeafBank, simulate_run
 from leafscout.robot.survey_store import SurveyStore
 from leafscout.vision.classifier import LeafClassifier
-
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,15 @@ import time
 from pathlib import Path
 
 import pytest
+from telemetry_faults import wait_for
 
-from leafscout.station.broker import free_port
+from leafscout.link.records import PlantRecord, RowSummary
 from leafscout.robot.mqtt_link import MqttLink
 from leafscout.robot.outbox import Outbox
-from leafscout.robot.records import PlantRecord, RowSummary
 from leafscout.robot.serial_link import BITS_PER_BYTE, BURST_BYTES, SerialLink, SerialLinkError
 from leafscout.robot.telemetry import Telemetry, synthetic_records
+from leafscout.station.broker import free_port
 from leafscout.station.receiver import Station
-from telemetry_faults import wait_for
 
 KEY = b"serial-test-key-0123"
 

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from fastapi.testclient import TestClient
-
 from conftest import require_binary, require_postgres
-from leafscout.robot.mqtt_link import topic
-from leafscout.robot.records import PlantRecord
+from fastapi.testclient import TestClient
+from telemetry_faults import wait_for
+
+from leafscout.link.mqtt import topic
+from leafscout.link.records import PlantRecord
 from leafscout.station.broker import Broker
 from leafscout.station.db import open_db
 from leafscout.station.receiver import Station
@@ -32,7 +33,6 @@ from leafscout.station.web.aggregates import SurveyAggregates
 from leafscout.station.web.app import create_app
 from leafscout.station.web.auth import add_user
 from leafscout.station.web.sample_data import fill_survey
-from telemetry_faults import wait_for
 
 T0 = 1_780_000_000.0
 OB = "00112233445566778899aabbccddeeff"

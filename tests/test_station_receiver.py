@@ -12,18 +12,18 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 import serial
+from conftest import require_binary
 from hypothesis import given
 from hypothesis import strategies as st
-
-from conftest import require_binary
-from leafscout.station.broker import Broker
-from leafscout.robot import protocol as P
-from leafscout.robot.mqtt_link import MessageError, seal, topic, unseal
-from leafscout.robot.records import PlantRecord, RecordError, record_from_dict
-from leafscout.station.db import open_db
-from leafscout.station.receiver import Station, StationError, parse_record_message
 from telemetry_faults import wait_for
 from test_protocol import FUZZ, fuzz_settings
+
+from leafscout.link import protocol as P
+from leafscout.link.mqtt import MessageError, seal, topic, unseal
+from leafscout.link.records import PlantRecord, RecordError, record_from_dict
+from leafscout.station.broker import Broker
+from leafscout.station.db import open_db
+from leafscout.station.receiver import Station, StationError, parse_record_message
 
 KEY = b"station-test-key-0123"
 OB = "0123456789abcdef0123456789abcdef"  # an outbox id

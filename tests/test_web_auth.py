@@ -12,7 +12,7 @@ import stat
 import pytest
 from fastapi.testclient import TestClient
 
-from leafscout.robot.records import PlantRecord
+from leafscout.link.records import PlantRecord
 from leafscout.station.db import open_db
 from leafscout.station.web.app import create_app
 from leafscout.station.web.auth import UsersFileError, UserStore, add_user, hash_secret, read_users, verify_secret

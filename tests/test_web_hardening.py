@@ -23,14 +23,14 @@ from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
+from test_web_auth import OUTBOX, _basic, client, station  # noqa: F401  (the same station and users)
 
-from leafscout.robot.records import PlantRecord
+from leafscout.link.records import PlantRecord
 from leafscout.station.web import auth
 from leafscout.station.web.app import create_app
 from leafscout.station.web.auth import add_user
 from leafscout.station.web.server import WebServer
 from leafscout.station.web.users_cli import register as register_user_commands
-from test_web_auth import OUTBOX, _basic, client, station  # noqa: F401  (the same station and users)
 
 # Ids a database written before ids were validated at ingestion may hold.
 AWKWARD_IDS = ("north/field", "a?b#c", "..", "50% done", "..%2F")
@@ -226,11 +226,12 @@ def test_every_response_carries_security_headers(client, station, path, signed_i
 
 # -- TLS ------------------------------------------------------------------------------------
 def _self_signed(tmp_path):
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])

@@ -6,15 +6,15 @@ import contextlib
 
 import pytest
 from fastapi.testclient import TestClient
+from test_web_auth import _basic
 
-from leafscout.robot.records import PlantRecord
+from leafscout.link.records import PlantRecord
 from leafscout.station.db import open_db
 from leafscout.station.web import queries
 from leafscout.station.web.aggregates import MAX_TIME_BUCKETS, SurveyAggregates
 from leafscout.station.web.app import create_app
 from leafscout.station.web.auth import add_user
 from leafscout.station.web.sample_data import fill_survey
-from test_web_auth import _basic
 
 
 @pytest.fixture()

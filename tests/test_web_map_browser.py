@@ -13,18 +13,18 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import require_binary
 
 pytest.importorskip("playwright.sync_api")
 
-from leafscout.robot.records import Heartbeat  # noqa: E402
+from test_dashboard_browser import CHROMIUM_ARGS, only_the_station  # noqa: E402
+
+from leafscout.link.records import Heartbeat
 from leafscout.station.db import open_db  # noqa: E402
 from leafscout.station.web.app import create_app  # noqa: E402
 from leafscout.station.web.auth import add_user  # noqa: E402
 from leafscout.station.web.sample_data import fill_survey  # noqa: E402
 from leafscout.station.web.server import WebServer  # noqa: E402
-from test_dashboard_browser import CHROMIUM_ARGS, only_the_station  # noqa: E402
 
 ROW_INCIDENCE = (0.0, 0.1, 0.25, 0.5, 0.2, 0.05, 0.75, 0.3)
 PLANTS_PER_ROW = 300  # 150 m rows: too long for plant points at the whole-field view
@@ -162,9 +162,9 @@ def test_field_map_zoom_click_filters_and_phone_width(station, tmp_path):
 
 def test_index_lists_surveys_a_page_at_a_time(tmp_path):
     from fastapi.testclient import TestClient
+    from test_web_auth import _basic
 
     from leafscout.station.web.routes import SURVEYS_PAGE
-    from test_web_auth import _basic
 
     db = open_db(tmp_path / "station.db")
     try:
@@ -189,9 +189,9 @@ def test_index_lists_surveys_a_page_at_a_time(tmp_path):
 def test_gps_map_zooms_to_plants_over_a_basemap(tmp_path):
     chromium = require_binary("chromium")
     from playwright.sync_api import sync_playwright
+    from test_web_map import _png
 
     from leafscout.station.web.app import BasemapFile
-    from test_web_map import _png
 
     shots = Path(os.environ.get("LEAFSCOUT_MAP_SCREENSHOTS") or tmp_path)
     db = open_db(tmp_path / "station.db")

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
-from leafscout.robot.field_stats import wilson_interval
+from leafscout.link.stats import wilson_interval
 from leafscout.station.sql import Connection, stream
 
 SLOT_S = 10.0  # time resolution kept for "incidence over time"

@@ -22,15 +22,14 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 
-from leafscout.robot.records import PlantRecord, RecordError, parse_record_id, record_from_dict
+from leafscout.link.records import PlantRecord, RecordError, parse_record_id, record_from_dict
 from leafscout.station.db import StationDB, read_robots
 from leafscout.station.report import csv_lines, geojson_chunks, render_report
-
 from leafscout.station.sql import Connection
 
 from . import queries, svg, views
-from .aggregates import filtered_summary
 from .access import Forbidden, asset_viewer, principal, station_state, writer
+from .aggregates import filtered_summary
 from .auth import Principal
 from .pages import link, render
 

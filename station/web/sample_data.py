@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from leafscout.robot.records import UNCERTAIN, Heartbeat, PlantRecord
+from leafscout.link.records import UNCERTAIN, Heartbeat, PlantRecord
 
 DISEASES = ("Tomato___Late_blight", "Tomato___Early_blight", "Tomato___Septoria_leaf_spot",
             "Tomato___Bacterial_spot")

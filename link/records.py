@@ -264,3 +264,9 @@ def record_from_dict(d: dict[str, Any], now: float | None = None) -> PlantRecord
         got = kind if isinstance(d, dict) else type(d).__name__
         raise RecordError(f"unknown record kind {got!r}; expected one of {sorted(RECORD_TYPES)}")
     return RECORD_TYPES[d["kind"]].from_dict(d, now)
+
+
+def record_id(robot_id: str, outbox_id: str, seq: int) -> str:
+    """The id the station deduplicates on: stable across links and retransmissions, unique
+    across outbox files (``outbox_id`` is random, 128 bits)."""
+    return f"{robot_id}:{outbox_id}:{seq}"

@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Union
 import crcmod.predefined
 from cobs import cobs
 
-from leafscout.robot.records import UNCERTAIN, Heartbeat, PlantRecord, RecordError, RowSummary, checked
+from leafscout.link.records import UNCERTAIN, Heartbeat, PlantRecord, RecordError, RowSummary, checked
 
 VERSION = 2  # 2: HELLO carries the outbox id; NAK reason 3 (rejected)
 BOOT_LEN = 16  # the robot's outbox id (128 random bits) in HELLO
