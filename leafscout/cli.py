@@ -47,6 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Third-party packages that only an extra installs: a command that needs one names the extra.
+_EXTRA_OF = {
+    "torch": "train", "onnx": "train", "onnxscript": "train", "PIL": "train",
+    "fastapi": "station", "uvicorn": "station", "jinja2": "station", "multipart": "station",
+    "geojson": "station", "jsonschema": "station", "farmOS": "station", "psycopg": "station",
+    "matplotlib": "train,station",
+}
+
+
+def missing_extra(error: ModuleNotFoundError) -> str | None:
+    """The install extra that provides the module ``error`` is about, if any (for a clear message)."""
+    return _EXTRA_OF.get((error.name or "").split(".")[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -56,6 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as e:
+        extra = missing_extra(e)
+        if extra is None:
+            raise
+        print(f"leafscout {args.command}: needs the package {e.name!r}, which this install leaves out: "
+              f"pip install 'leafscout[{extra}]' (the robot's own install is leafscout[robot])", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
