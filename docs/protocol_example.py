@@ -17,7 +17,7 @@ KEY = b"leafscout-example-key"
 OUTBOX_ID = bytes.fromhex("8f14e45fceea167a5a36dedd4bea2543")
 CTX = P.SurveyContext(3, "2026-06-01-north", 1780300800.0, 48.1371, 11.5754)
 PLANT = PlantRecord("r1", CTX.survey_id, 1234, CTX.t0 + 125.3, "Tomato___Late_blight", 7, 0.93, 6, row=12,
-                    metre=48.7, lat=48.137143, lon=11.575388)
+                    metre=48.7, lat=48.137143, lon=11.575388, health="diseased", fix="fix", fix_quality=4)
 
 
 def _hex(b: bytes) -> str:
@@ -47,7 +47,8 @@ def markdown() -> str:
 (record id `r1:{OUTBOX_ID.hex()}:42`), survey ref 3 whose context is `t0 = 1780300800.0`,
 `lat0 = 48.1371`, `lon0 = 11.5754`; class 7 = `Tomato___Late_blight`.
 The plant: id 1234, `t = t0 + 125.3 s`, class 7, confidence 0.93, seen in 6 frames, row
-12, metre 48.7, lat 48.137143, lon 11.575388.
+12, metre 48.7, lat 48.137143, lon 11.575388, health diseased, position from a current RTK fix
+(GGA quality 4).
 
 Wire bytes ({len(f['plain'])}, no HMAC):
 
@@ -72,6 +73,9 @@ After COBS decoding ({len(header) + len(body) + 4} bytes):
 {_hex(body[12:14])}              metre 487 -> 48.7
 {_hex(body[14:16])}              dlat 43 -> 48.1371 + 0.000043 = 48.137143
 {_hex(body[16:18])}              dlon -12 -> 11.5754 - 0.000012 = 11.575388
+{_hex(body[18:19])}                 health 1 -> "diseased"
+{_hex(body[19:20])}                 fix 0 -> "fix"
+{_hex(body[20:21])}                 fix quality 4
 {_hex(crc.to_bytes(4, 'little'))}        CRC-32C 0x{crc:08x} over the {len(header) + len(body)} bytes above
 ```
 

@@ -24,9 +24,10 @@ from typing import Callable, Iterator, Union
 import crcmod.predefined
 from cobs import cobs
 
-from leafscout.link.records import UNCERTAIN, Heartbeat, PlantRecord, RecordError, RowSummary, checked
+from leafscout.link.records import (FIX_VALUES, HEALTH_VALUES, UNCERTAIN, Heartbeat, PlantRecord, RecordError,
+                                    RowSummary, checked)
 
-VERSION = 2  # 2: HELLO carries the outbox id; NAK reason 3 (rejected)
+VERSION = 3  # 2: HELLO carries the outbox id; NAK reason 3 (rejected). 3: health and GPS fix in PLANT and HEARTBEAT
 BOOT_LEN = 16  # the robot's outbox id (128 random bits) in HELLO
 FLAG_HMAC = 0x01
 HEADER = struct.Struct("<BBHI")
@@ -241,6 +242,30 @@ def _get_text(b: bytes, what: str) -> str:
         raise ProtocolError(f"{what} is not UTF-8") from e
 
 
+def _texts(values: tuple[str | None, ...], what: tuple[str, ...]) -> bytes:
+    """Length-prefixed UTF-8 texts (length 0: None)."""
+    out = b""
+    for v, name in zip(values, what):
+        raw = b"" if v is None else _text(v, name)
+        out += bytes([len(raw)]) + raw
+    return out
+
+
+def _get_texts(b: bytes, what: tuple[str, ...]) -> tuple[str | None, ...]:
+    out, i = [], 0
+    for name in what:
+        if i >= len(b):
+            raise ProtocolError(f"{name} length is missing")
+        n, i = b[i], i + 1
+        if i + n > len(b):
+            raise ProtocolError(f"{name} of {n} bytes runs past the payload")
+        out.append(None if n == 0 else _get_text(b[i:i + n], name))
+        i += n
+    if i != len(b):
+        raise ProtocolError(f"{len(b) - i} bytes after the last text")
+    return tuple(out)
+
+
 def encode_hello(robot_id: str, boot: bytes) -> bytes:
     """``boot``: the 16-byte outbox id; record ids of this robot's later frames carry it."""
     if len(boot) != BOOT_LEN:
@@ -301,10 +326,29 @@ def decode_survey(p: bytes) -> SurveyContext:
                          math.nan if lat == NONE_I32 else lat / 1e7, math.nan if lon == NONE_I32 else lon / 1e7)
 
 
-# PLANT (18 bytes): ref u8, plant u24, dt u24 (0.1 s), class u8, conf u8, frames u8,
-# row u16, metre u16 (0.1 m), dlat i16, dlon i16 (1e-6 deg from the survey origin).
-_PLANT_TAIL = struct.Struct("<BBBHHhh")
+# PLANT (21 bytes): ref u8, plant u24, dt u24 (0.1 s), class u8, conf u8, frames u8,
+# row u16, metre u16 (0.1 m), dlat i16, dlon i16 (1e-6 deg from the survey origin),
+# health u8, fix u8 (indexes into HEALTH_VALUES / FIX_VALUES), fix quality u8 (0xFF: none of them).
+_PLANT_TAIL = struct.Struct("<BBBHHhhBBB")
 PLANT_LEN = 1 + 3 + 3 + _PLANT_TAIL.size
+
+
+def _code(value: str | None, values: tuple[str, ...]) -> int:
+    return NONE_U8 if value is None else values.index(value)
+
+
+def _value(code: int, values: tuple[str, ...], what: str) -> str | None:
+    if code == NONE_U8:
+        return None
+    if code >= len(values):
+        raise ProtocolError(f"{what} code {code}; expected 0..{len(values) - 1} or {NONE_U8}")
+    return values[code]
+
+
+def _quality(q: int | None) -> int:
+    if q is not None and not 0 <= q < NONE_U8:
+        raise EncodeError(f"fix quality {q} out of range 0..{NONE_U8 - 1}")
+    return NONE_U8 if q is None else q
 
 
 def plant_fits(r: PlantRecord, ctx: SurveyContext) -> bool:
@@ -334,7 +378,8 @@ def encode_plant(r: PlantRecord, ctx: SurveyContext) -> bytes:
     dlon = NONE_I16 if r.lon is None else round((r.lon - ctx.lon0) * 1e6)
     conf = min(255, max(0, round(r.confidence * 255)))
     return (bytes([ctx.ref]) + _u24(r.plant_id) + _u24(round((r.t - ctx.t0) * 10))
-            + _PLANT_TAIL.pack(cls, conf, min(r.frames, 255), row, metre, dlat, dlon))
+            + _PLANT_TAIL.pack(cls, conf, min(r.frames, 255), row, metre, dlat, dlon, _code(r.health, HEALTH_VALUES),
+                               _code(r.fix, FIX_VALUES), _quality(r.fix_quality)))
 
 
 def plant_ref(p: bytes) -> int:
@@ -346,7 +391,7 @@ def plant_ref(p: bytes) -> int:
 def decode_plant(p: bytes, robot_id: str, ctx: SurveyContext, class_name: str | None) -> PlantRecord:
     """``class_name``: the name the robot announced for this index (None if uncertain)."""
     plant_ref(p)
-    cls, conf, frames, row, metre, dlat, dlon = _PLANT_TAIL.unpack_from(p, 7)
+    cls, conf, frames, row, metre, dlat, dlon, health, fix, quality = _PLANT_TAIL.unpack_from(p, 7)
     if cls != NONE_U8 and class_name is None:
         raise ProtocolError(f"class index {cls} was never announced")
     try:
@@ -357,6 +402,8 @@ def decode_plant(p: bytes, robot_id: str, ctx: SurveyContext, class_name: str | 
             row=None if row == NONE_U16 else row, metre=None if metre == NONE_U16 else metre / 10,
             lat=None if dlat == NONE_I16 or math.isnan(ctx.lat0) else round(ctx.lat0 + dlat / 1e6, 7),
             lon=None if dlon == NONE_I16 or math.isnan(ctx.lon0) else round(ctx.lon0 + dlon / 1e6, 7),
+            health=_value(health, HEALTH_VALUES, "health"), fix=_value(fix, FIX_VALUES, "fix"),
+            fix_quality=None if quality == NONE_U8 else quality,
         ))
     except RecordError as e:
         raise InvalidRecord(str(e)) from e
@@ -392,9 +439,11 @@ def decode_row(p: bytes, robot_id: str, ctx: SurveyContext) -> RowSummary:
 
 
 # HEARTBEAT: t f64, queue u32, frames u32, fps f32, ref u8 (0xFF none), row u16,
-# metre f32 (NaN none), lat/lon i32 (1e-7 deg), dropped u32 (0xFFFFFFFF none), status UTF-8 (1..64 bytes).
+# metre f32 (NaN none), lat/lon i32 (1e-7 deg), dropped u32 (0xFFFFFFFF none), gps u8 (FIX_VALUES index,
+# 0xFF none), fix quality u8 (0xFF none), fix age f32 (s, NaN none), then three texts, each a length
+# u8 and UTF-8 bytes: status (1..64), links and bundle (0..64; 0 = none).
 NONE_U32 = 0xFFFFFFFF
-_HB = struct.Struct("<dIIfBHfiiI")
+_HB = struct.Struct("<dIIfBHfiiIBBf")
 _HB_REF_OFFSET = struct.calcsize("<dIIf")
 
 
@@ -406,7 +455,8 @@ def encode_heartbeat(h: Heartbeat, ctx: SurveyContext | None) -> bytes:
             math.nan if h.metre is None else h.metre, _deg7(math.nan if h.lat is None else h.lat),
             _deg7(math.nan if h.lon is None else h.lon),
             NONE_U32 if h.dropped is None else min(h.dropped, NONE_U32 - 1),
-        ) + _text(h.status, "status")
+            _code(h.gps, FIX_VALUES), _quality(h.fix_quality), math.nan if h.fix_age_s is None else h.fix_age_s,
+        ) + _texts((h.status, h.links, h.bundle), ("status", "links", "bundle"))
     except struct.error as e:
         raise EncodeError(f"heartbeat out of range: {e}") from e
 
@@ -420,16 +470,21 @@ def heartbeat_ref(p: bytes) -> int | None:
 
 def decode_heartbeat(p: bytes, robot_id: str, ctx: SurveyContext | None) -> Heartbeat:
     heartbeat_ref(p)
-    t, queue, frames, fps, _, row, metre, lat, lon, dropped = _HB.unpack_from(p)
+    t, queue, frames, fps, _, row, metre, lat, lon, dropped, gps, quality, age = _HB.unpack_from(p)
     if not (math.isfinite(t) and math.isfinite(fps)):
         raise InvalidRecord("HEARTBEAT time or fps is not finite")
+    status, links, bundle = _get_texts(p[_HB.size:], ("status", "links", "bundle"))
+    if status is None:
+        raise ProtocolError("HEARTBEAT status is empty")
     try:
         return checked(Heartbeat(
-            robot_id, t, queue, frames, fps, _get_text(p[_HB.size:], "status"),
+            robot_id, t, queue, frames, fps, status,
             None if ctx is None else ctx.survey_id,
             None if lat == NONE_I32 else lat / 1e7, None if lon == NONE_I32 else lon / 1e7,
             None if row == NONE_U16 else row, None if math.isnan(metre) else metre,
             None if dropped == NONE_U32 else dropped,
+            _value(gps, FIX_VALUES, "gps"), None if quality == NONE_U8 else quality, None if math.isnan(age) else age,
+            links, bundle,
         ))
     except RecordError as e:
         raise InvalidRecord(str(e)) from e

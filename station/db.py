@@ -80,7 +80,7 @@ CREATE TABLE IF NOT EXISTS plants (
     plant_id INTEGER NOT NULL, t REAL NOT NULL, label TEXT NOT NULL,
     class_index INTEGER NOT NULL, confidence REAL NOT NULL, diseased INTEGER NOT NULL,
     uncertain INTEGER NOT NULL, row INTEGER, metre REAL, lat REAL, lon REAL,
-    frames INTEGER NOT NULL
+    frames INTEGER NOT NULL, fix TEXT, fix_quality INTEGER
 );
 CREATE INDEX IF NOT EXISTS plants_survey ON plants(survey_id, row, metre);
 CREATE TABLE IF NOT EXISTS row_summaries (
@@ -119,7 +119,9 @@ CREATE TABLE IF NOT EXISTS serial_survey_ctx (
 
 # Columns in the order of the INSERTs below (PostgreSQL's tables have a rowid column more).
 PLANT_COLUMNS = ("record_id, robot_id, survey_id, plant_id, t, label, class_index, confidence, diseased, "
-                 "uncertain, row, metre, lat, lon, frames")
+                 "uncertain, row, metre, lat, lon, frames, fix, fix_quality")
+# Columns added after the first release: (table, column definition), added to older databases on open.
+ADDED_COLUMNS = (("robots", "dropped INTEGER"), ("plants", "fix TEXT"), ("plants", "fix_quality INTEGER"))
 HEARTBEAT_COLUMNS = "record_id, robot_id, survey_id, t, queue_depth, frames, fps, status, lat, lon, row, metre"
 
 
@@ -156,6 +158,8 @@ class StoredPlant:
     lon: float | None
     frames: int
     has_thumbnail: bool
+    fix: str | None = None  # how the position was known (link.records.FIX_VALUES); None without a GPS
+    fix_quality: int | None = None  # GGA fix quality
 
 
 # A stored row summary is exactly the record the robot sent (the latest one per row).
@@ -208,10 +212,11 @@ class StationDB:
 
     def _open_sqlite(self) -> sqlite3.Connection:
         conn = connect_wal(self.path, SCHEMA)
-        try:  # databases from before the per-robot drop counter
-            conn.execute("ALTER TABLE robots ADD COLUMN dropped INTEGER")
-        except sqlite3.OperationalError:
-            pass
+        for table, column in ADDED_COLUMNS:  # databases from before these columns
+            try:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+            except sqlite3.OperationalError:  # already there
+                pass
         return conn
 
     def _reconnect(self) -> None:
@@ -230,6 +235,8 @@ class StationDB:
                 conn.execute("BEGIN")
                 conn.execute(f"SELECT pg_advisory_xact_lock({sql.WRITE_LOCK})")
                 conn.executescript(SCHEMA)
+                for table, column in ADDED_COLUMNS:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column}")
                 conn.execute("COMMIT")
         except BaseException:
             conn.close()
@@ -457,7 +464,7 @@ class StationDB:
         rows = self._all(query + " ORDER BY p.row NULLS FIRST, p.metre NULLS FIRST, p.t", args)
         return [
             StoredPlant(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), bool(r[9]),
-                        r[10], r[11], r[12], r[13], r[14], bool(r[15]))
+                        r[10], r[11], r[12], r[13], r[14], bool(r[17]), r[15], r[16])
             for r in rows
         ]
 
@@ -561,9 +568,9 @@ def _insert_one(c: sql.Connection, record_id: str, record: Record, thumbnail: by
 
 def _store_plant(c: sql.Connection, record_id: str, r: PlantRecord) -> None:
     c.execute(
-        f"INSERT INTO plants({PLANT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        f"INSERT INTO plants({PLANT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         (record_id, r.robot_id, r.survey_id, r.plant_id, r.t, r.label, r.class_index, r.confidence,
-         int(r.diseased), int(r.uncertain), r.row, r.metre, r.lat, r.lon, r.frames),
+         int(r.diseased), int(r.uncertain), r.row, r.metre, r.lat, r.lon, r.frames, r.fix, r.fix_quality),
     )
 
 

@@ -42,7 +42,7 @@ def test_worked_example_in_protocol_doc_is_generated_from_the_codec():
 
 def test_worked_example_in_protocol_doc_decodes():
     plain, signed, ack, nak = _doc_hex_blocks()[:4]
-    assert len(plain) == 32 and plain.endswith(b"\x00")
+    assert len(plain) == 35 and plain.endswith(b"\x00")
     ctx = P.SurveyContext(3, "2026-06-01-north", 1780300800.0, 48.1371, 11.5754)
     f = P.decode_frame(plain[:-1])
     assert (f.type, f.robot, f.seq, f.signed) == (P.MsgType.PLANT, P.robot_number("r1"), 42, False)
@@ -50,6 +50,7 @@ def test_worked_example_in_protocol_doc_decodes():
     assert (r.plant_id, r.class_index, r.frames, r.row, r.metre) == (1234, 7, 6, 12, 48.7)
     assert r.t == pytest.approx(ctx.t0 + 125.3) and r.confidence == pytest.approx(0.93, abs=1 / 255)
     assert (r.lat, r.lon) == (48.137143, 11.575388)
+    assert (r.health, r.fix, r.fix_quality) == ("diseased", "fix", 4)
     fs = P.decode_frame(signed[:-1], key=KEY)
     assert fs.signed and fs.payload == f.payload
     with pytest.raises(P.AuthError):
@@ -73,11 +74,14 @@ def test_crc_is_crc32c_as_documented():
 def _same_plant(got: PlantRecord, want: PlantRecord) -> bool:
     """Equal up to the documented precision (0.1 s, 1/255, 1e-6 deg, frames saturate at 255)."""
     return (
-        (got.robot_id, got.survey_id, got.plant_id, got.label, got.class_index, got.row, got.metre)
-        == (want.robot_id, want.survey_id, want.plant_id, want.label, want.class_index, want.row, want.metre)
+        (got.robot_id, got.survey_id, got.plant_id, got.label, got.class_index, got.row, got.metre,
+         got.health, got.fix, got.fix_quality)
+        == (want.robot_id, want.survey_id, want.plant_id, want.label, want.class_index, want.row, want.metre,
+            want.health, want.fix, want.fix_quality)
         and got.frames == min(want.frames, 255) and abs(got.t - want.t) <= 0.05
         and abs(got.confidence - want.confidence) <= 0.5 / 255
-        and abs(got.lat - want.lat) <= 1e-6 and abs(got.lon - want.lon) <= 1e-6
+        and all(g == w if g is None or w is None else abs(g - w) <= 1e-6
+                for g, w in ((got.lat, want.lat), (got.lon, want.lon)))
     )
 
 
@@ -85,10 +89,12 @@ def _same_plant(got: PlantRecord, want: PlantRecord) -> bool:
 def test_round_trip_of_every_message_type(key):
     n = P.robot_number("r7")
     plant = PlantRecord("r7", "s", 77, CTX.t0 + 3.4, "Apple___scab", 4, 0.5, 300, row=2, metre=1.5,
-                        lat=48.0001, lon=10.9999)
-    unc = PlantRecord("r7", "s", 78, CTX.t0, UNCERTAIN, -1, 0.3, 1)
+                        lat=48.0001, lon=10.9999, health="diseased", fix="interpolated", fix_quality=4)
+    unc = PlantRecord("r7", "s", 78, CTX.t0, UNCERTAIN, -1, 0.3, 1, health=UNCERTAIN, fix="stale", fix_quality=1)
     row = RowSummary("r7", "s", 2, 40, 4, 1, 0.1, 0.05, 0.2, CTX.t0 + 9)
-    hb = Heartbeat("r7", CTX.t0 + 1, 12, 900, 9.5, "ok", "s", 48.0, 11.0, 2, 3.25, dropped=17)
+    hb = Heartbeat("r7", CTX.t0 + 1, 12, 900, 9.5, "degraded", "s", 48.0, 11.0, 2, 3.25, dropped=17,
+                   gps="stale", fix_quality=1, fix_age_s=2.5, links="mqtt=down serial=up", bundle="2026.12.05")
+    bare = Heartbeat("r7", CTX.t0 + 1, 0, 0, 0.0)  # no GPS, no links named, no bundle: all None again
     ctx = P.SurveyContext(0, "s", CTX.t0, CTX.lat0, CTX.lon0)
     cases = [
         (P.MsgType.HELLO, P.encode_hello("r7", bytes(range(16))), lambda p: P.decode_hello(p) == ("r7", bytes(range(16)))),
@@ -97,9 +103,10 @@ def test_round_trip_of_every_message_type(key):
         (P.MsgType.PLANT, P.encode_plant(plant, ctx),
          lambda p: _same_plant(P.decode_plant(p, "r7", ctx, "Apple___scab"), plant)),
         (P.MsgType.PLANT, P.encode_plant(unc, ctx),
-         lambda p: P.decode_plant(p, "r7", ctx, None).label == UNCERTAIN),
+         lambda p: _same_plant(P.decode_plant(p, "r7", ctx, None), unc)),
         (P.MsgType.ROW, P.encode_row(row, ctx), lambda p: P.decode_row(p, "r7", ctx).plants == 40),
         (P.MsgType.HEARTBEAT, P.encode_heartbeat(hb, ctx), lambda p: P.decode_heartbeat(p, "r7", ctx) == hb),
+        (P.MsgType.HEARTBEAT, P.encode_heartbeat(bare, None), lambda p: P.decode_heartbeat(p, "r7", None) == bare),
         (P.MsgType.ACK, P.encode_ack([1, 2**32 - 1]), lambda p: P.decode_ack(p) == [1, 2**32 - 1]),
         (P.MsgType.NAK, P.encode_nak(5, P.NakReason.UNKNOWN_CONTEXT),
          lambda p: P.decode_nak(p) == (5, P.NakReason.UNKNOWN_CONTEXT)),
@@ -112,13 +119,13 @@ def test_round_trip_of_every_message_type(key):
         assert check(f.payload), mtype
 
 
-def test_plant_frame_fits_in_32_bytes_and_40_signed():
+def test_plant_frame_fits_in_35_bytes_and_43_signed():
     r = PlantRecord("r1", "s", 2**24 - 1, CTX.t0 + 1e6, "x", 254, 1.0, 9, row=65534, metre=6553.4,
                     lat=CTX.lat0 + 0.03, lon=CTX.lon0 - 0.03)
     payload = P.encode_plant(r, CTX)
-    assert len(payload) == P.PLANT_LEN == 18
-    assert len(P.encode_frame(P.MsgType.PLANT, 1, 2**32 - 1, payload)) <= 32
-    assert len(P.encode_frame(P.MsgType.PLANT, 1, 2**32 - 1, payload, KEY)) <= 40
+    assert len(payload) == P.PLANT_LEN == 21
+    assert len(P.encode_frame(P.MsgType.PLANT, 1, 2**32 - 1, payload)) <= 35
+    assert len(P.encode_frame(P.MsgType.PLANT, 1, 2**32 - 1, payload, KEY)) <= 43
 
 
 def test_values_the_compact_form_cannot_carry_are_refused_not_mangled():
@@ -152,14 +159,16 @@ def test_wrong_version_unknown_type_and_unsigned_frames_are_rejected():
         body = P.HEADER.pack(ver_flags, mtype, 1, 1) + b"r1"
         return cobs.encode(body + P.CRC.pack(P.crc32c(body)))
 
-    with pytest.raises(P.ProtocolError, match="version 1, expected 2"):
+    with pytest.raises(P.ProtocolError, match="version 1, expected 3"):
         P.decode_frame(build(0x10, 1))  # version 1 frames carry no outbox id: refused
-    with pytest.raises(P.ProtocolError, match="version 3"):
-        P.decode_frame(build(0x30, 1))
+    with pytest.raises(P.ProtocolError, match="version 2, expected 3"):
+        P.decode_frame(build(0x20, 1))  # version 2 plants carry no health or GPS fix: refused, not guessed
+    with pytest.raises(P.ProtocolError, match="version 4"):
+        P.decode_frame(build(0x40, 1))
     with pytest.raises(P.ProtocolError, match="unknown message type 99"):
-        P.decode_frame(build(0x20, 99))
+        P.decode_frame(build(0x30, 99))
     with pytest.raises(P.AuthError, match="not signed"):
-        P.decode_frame(build(0x20, 1), key=KEY)
+        P.decode_frame(build(0x30, 1), key=KEY)
 
 
 def test_fault_stream_every_intact_frame_decoded_every_corrupted_one_rejected():

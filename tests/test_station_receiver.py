@@ -1,6 +1,7 @@
 """The station rejects forged, replayed, unknown and oversized input on both links, and never crashes."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -108,7 +109,8 @@ def test_serial_forged_replayed_unknown_and_oversized_input_is_rejected(tmp_path
         assert P.decode_ack(exchange(_frame(P.MsgType.HELLO, 1, P.encode_hello("r1", bytes.fromhex(OB))))[0].payload) == [1]
         exchange(_frame(P.MsgType.SURVEY, 2, P.encode_survey(ctx)))
         exchange(_frame(P.MsgType.CLASS, 3, P.encode_class(0, "Tomato___healthy")))
-        data = _frame(P.MsgType.PLANT, 10, P.encode_plant(plant(1), ctx))
+        first = dataclasses.replace(plant(1), health="healthy", fix="interpolated", fix_quality=5)
+        data = _frame(P.MsgType.PLANT, 10, P.encode_plant(first, ctx))
         reply = exchange(data)
         assert reply[0].type == P.MsgType.ACK and P.decode_ack(reply[0].payload) == [10]
         assert exchange(data)[0].type == P.MsgType.ACK  # a replay is acknowledged again, stored once
@@ -122,6 +124,8 @@ def test_serial_forged_replayed_unknown_and_oversized_input_is_rejected(tmp_path
         expected = {"duplicate": 1, "bad_hmac": 2, "unknown_robot": 1, "malformed": 1, "missing_context": 1}
         wait_for(lambda: st.db.rejected() == expected, 10, f"rejections {expected}")
         assert [p.plant_id for p in st.db.plants("s1")] == [1]
+        stored = st.db.plants("s1")[0]  # health and how its position was known survive the compact frame
+        assert (stored.diseased, stored.uncertain, stored.fix, stored.fix_quality) == (False, False, "interpolated", 5)
 
 
 def test_station_needs_a_link(tmp_path):
