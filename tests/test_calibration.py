@@ -257,3 +257,31 @@ def test_calibrate_refuses_a_checkpoint_without_its_split(calibrated, tmp_path, 
     assert main(["calibrate", str(lonely)]) == 2
     err = capsys.readouterr().err
     assert f"no split.json beside {lonely}" in err and "validation split" in err
+
+
+def test_ece_temperature_is_no_worse_than_none_or_nll_and_cross_fits() -> None:
+    from leafscout.training.calibration import cross_fitted_ece, fit_temperature_ece
+    from leafscout.training.metrics import expected_calibration_error
+
+    logits, labels = _calibrated_sample(seed=3)
+    # Over-confident on the right class only: NLL and ECE disagree about the best T.
+    over = logits * 1.8
+    over[np.arange(len(labels)), labels] += 0.7
+    ece = lambda t: expected_calibration_error(labels, softmax(over, t))  # noqa: E731
+    t_ece, t_nll = fit_temperature_ece(over, labels), fit_temperature(over, labels)
+    assert ece(t_ece) <= min(ece(1.0), ece(t_nll))
+    assert ece(t_ece) < 0.02
+    folds = np.arange(len(labels)) % 2
+    crossed = cross_fitted_ece(over, labels, folds)
+    assert ece(t_ece) <= crossed < ece(1.0)  # honest: not better than fitted on itself
+    assert cross_fitted_ece(over, labels, folds, objective="nll") < ece(1.0)
+
+
+def test_cross_fitting_needs_two_folds_and_a_known_objective() -> None:
+    from leafscout.training.calibration import cross_fitted_ece
+
+    logits, labels = _calibrated_sample(n=200)
+    with pytest.raises(CalibrationError, match="at least 2 folds"):
+        cross_fitted_ece(logits, labels, np.zeros(200, int))
+    with pytest.raises(CalibrationError, match="objective must be one of"):
+        cross_fitted_ece(logits, labels, np.arange(200) % 2, objective="brier")

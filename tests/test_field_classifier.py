@@ -258,6 +258,10 @@ def test_train_calibrate_export_and_eval_a_field_model(field_run: Path, tmp_path
     assert ckpt["classes"][-1] == BACKGROUND
     cal = ckpt["calibration"]
     assert cal["decide_on"] == "health" and cal["fit_sources"] == ["field"] and 0 <= cal["ood_below"] <= 1
+    # The temperature minimises field-validation ECE (T = 1 is a candidate, so never worse than none),
+    # and the honest figure, fitted on one half of the photos and scored on the other, is reported too.
+    assert cal["temperature_objective"] == "ece" and cal["ece_after"] <= cal["ece_before"] + 1e-12
+    assert cal["ece_after"] <= cal["ece_at_nll_temperature"] + 1e-12 and 0 <= cal["ece_cross_fitted"] <= 1
     assert (field_run / "reliability.png").is_file()
     split = json.loads((field_run / "split.json").read_text())
     assert {it.get("source") for it in split["items"]} == {0, 1}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +172,20 @@ def test_bf16_light_augmentation_run_learns_and_keeps_fp32_weights(leaves: Path,
     assert ckpt["train_config"]["augment_preset"] == "light" and ckpt["precision_used"] == "bf16"
     m = evaluate_checkpoint(run / "best.pt", split="test")
     assert m["top1"] >= 1 / len(SYNTHETIC_CLASSES) + 0.25, m["top1"]
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("clang++")), reason="torch.compile needs a C++ compiler")
+def test_compiled_run_learns_and_saves_plain_weights(leaves: Path, tmp_path: Path) -> None:
+    """torch.compile wraps only the training step: checkpoints hold the plain module's keys."""
+    from leafscout.vision import create_model
+
+    run = train(_config(leaves, tmp_path / "compiled", tmp_path / "cache", precision="bf16", compile=True, epochs=6))
+    ckpt = read_checkpoint(run / "best.pt")
+    model = create_model(ckpt["model"]["name"], **ckpt["model"]["args"])
+    model.load_state_dict(ckpt["state_dict"], strict=True)  # no "_orig_mod." prefixes
+    assert ckpt["train_config"]["compile"] is True
+    m = evaluate_checkpoint(run / "best.pt", split="test")
+    assert m["top1"] >= 1 / len(SYNTHETIC_CLASSES) + 0.2, m["top1"]
 
 
 def test_auto_precision_is_bf16_only_with_native_support() -> None:

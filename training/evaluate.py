@@ -32,15 +32,20 @@ class EvaluationError(ValueError):
 
 @torch.inference_mode()
 def predict_batches(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu"
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities for ``(inputs, labels)`` batches: ``(y_true, probs)``."""
+    """Softmax probabilities for ``(inputs, labels)`` batches: ``(y_true, probs)``; ``autocast_dtype``
+    (e.g. bf16) trades exactness for speed, as training's per-epoch validation does."""
     was_training = model.training
     model.eval()
     ys, ps = [], []
     try:
+        device_type = torch.device(device).type
         for x, y in batches:
-            ps.append(torch.softmax(model(x.to(device)).float(), 1).cpu().numpy())
+            with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+                logits = model(x.to(device))
+            ps.append(torch.softmax(logits.float(), 1).cpu().numpy())
             ys.append(np.asarray(y))
     finally:
         model.train(was_training)

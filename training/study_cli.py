@@ -166,7 +166,8 @@ def _calibrate_field(args: argparse.Namespace) -> int:
     v = result["val"]
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     print(f"temperature      {result['temperature']:.4f}  (fitted on field validation: {', '.join(result['fit_sources'])})")
-    print(f"ECE (field val)  {100 * result['ece_before']:.2f}% -> {100 * result['ece_after']:.2f}%")
+    print(f"ECE (field val)  {100 * result['ece_before']:.2f}% -> {100 * result['ece_after']:.2f}%  (T chosen by "
+          f"{result['temperature_objective']}; 2-fold cross-fitted by photo: {100 * result['ece_cross_fitted']:.2f}%)")
     print(f"abstain_below    {result['abstain_below']:.4f}  (health; val coverage {pct(v['coverage'])}, health accuracy "
           f"{pct(v['health_accuracy'])}, false alarms {pct(v['false_alarm_rate'])}"
           f"{'' if result['target_met'] else ', TARGET NOT MET'})")

@@ -93,6 +93,10 @@ class TrainConfig:
     # fp32): 1.6x the images/s of fp32 for leafnet_bn on an AMX Xeon. "auto": bf16 where
     # the CPU (or GPU) computes it natively, else fp32 (emulated bf16 is slower than fp32).
     precision: str = "fp32"
+    # torch.compile the training step (fuses BN and ReLU with their neighbours): measured
+    # 2.11 -> 1.75 ms per 96 px image for leafnet_bn (bf16, one thread), after a warm-up of
+    # seconds to a minute. Evaluation and checkpoints use the plain module.
+    compile: bool = False
     dump_replicas: bool = False  # each rank writes its final weights (DDP checks)
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None
 
@@ -459,9 +463,10 @@ def train_one_epoch(
     }
 
 
-def evaluate(model: nn.Module, loader: DataLoader, classes: list[str], device: torch.device) -> dict[str, Any]:
-    """Validation metrics (plus mean cross-entropy) under inference mode."""
-    y, probs = predict_batches(model, loader, device)
+def evaluate(model: nn.Module, loader: DataLoader, classes: list[str], device: torch.device,
+             autocast_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Validation metrics (plus mean cross-entropy) under inference mode (and autocast, if a dtype is given)."""
+    y, probs = predict_batches(model, loader, device, autocast_dtype)
     metrics = classification_metrics(y, probs, classes)
     p_true = probs[np.arange(len(y)), y] if len(y) else np.ones(1)
     metrics["loss"] = float(-np.log(np.clip(p_true, 1e-12, 1.0)).mean())
@@ -622,8 +627,11 @@ def _train(config: TrainConfig, info: DistInfo) -> Path:
     ddp_model = model
     if info.distributed:
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    if config.compile:
+        ddp_model = torch.compile(ddp_model)
 
     precision = resolve_precision(config.precision, info.device)
+    autocast_dtype = torch.bfloat16 if precision == "bf16" else None
     if info.is_main:
         log.info("training arithmetic: %s (asked: %s)", precision, config.precision)
     ckpt_common = dict(model_name=config.model, model_args=model_args, classes=classes, preprocess=spec,
@@ -648,12 +656,14 @@ def _train(config: TrainConfig, info: DistInfo) -> Path:
         stats = train_one_epoch(ddp_model, loader, optimizer, scheduler, weights, config.label_smoothing, info,
                                 desc=f"epoch {epoch}/{planned}", progress=config.progress,
                                 memory_format=torch.channels_last if config.channels_last else torch.contiguous_format,
-                                autocast_dtype=torch.bfloat16 if precision == "bf16" else None)
+                                autocast_dtype=autocast_dtype)
         if not info.is_main:
             barrier(info)
             durations.append(time.monotonic() - t0)
             continue
-        val = evaluate(model, val_loader, classes, info.device)
+        # Validation in the training arithmetic: bf16 takes a third of fp32's time here and only
+        # picks the best epoch; calibration and eval measure the saved fp32 weights afterwards.
+        val = evaluate(model, val_loader, classes, info.device, autocast_dtype)
         record = _epoch_record(epoch, optimizer, stats, val, time.monotonic() - t0)
         history.append(record)
         summary = {**record, "val_confusion": val["confusion"]}
