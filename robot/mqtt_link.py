@@ -4,6 +4,10 @@ Topics, payloads and their verification live in ``leafscout.link.mqtt`` (the sta
 A record leaves the outbox only on the station's ack, not on the broker's PUBACK: a
 broker killed with ``kill -9`` loses what it had queued, the robot still has it and
 sends it again; the station drops the duplicates by record id.
+
+A bundle the station offers (``leafscout/<robot>/offer``) is only noted here, in
+``bundle_offer.json`` beside the outbox: a survey never switches models mid-run;
+``leafscout bundle fetch`` installs it between surveys (``leafscout.robot.bundle_fetch``).
 """
 from __future__ import annotations
 
@@ -12,21 +16,25 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
 from leafscout.link.mqtt import (
     MAX_THUMBNAIL_BYTES,
+    OFFER_KIND,
     MessageError,
     MqttLinkError,
     make_client,
     parse_ack,
     parse_mqtt_url,
+    parse_offer,
     seal,
     topic,
     unseal,
 )
 from leafscout.link.ratelimit import RateLimitedLog
+from leafscout.robot.bundle_fetch import OFFER_NOTE, note_offer
 from leafscout.robot.outbox import Outbox, OutboxItem
 from leafscout.robot.telemetry import LinkWorker
 
@@ -52,6 +60,7 @@ class MqttStats:
     connects: int = 0
     bad_acks: int = 0
     records_rejected: int = 0
+    offers: int = 0
     started: float = field(default_factory=time.monotonic)
 
 
@@ -61,7 +70,8 @@ class MqttLink(LinkWorker):
     name = "mqtt"
 
     def __init__(self, url: str, robot_id: str, outbox: Outbox, key: bytes | None = None,
-                 window: int = 500, ack_timeout: float = 15.0, keepalive: int = 5, password: str | None = None):
+                 window: int = 500, ack_timeout: float = 15.0, keepalive: int = 5, password: str | None = None,
+                 offer_file: str | Path | None = None):
         if not 1 <= window <= 65535:
             raise MqttLinkError(f"window must be 1..65535 messages, got {window!r}")
         self.settings = parse_mqtt_url(url, password)
@@ -69,6 +79,7 @@ class MqttLink(LinkWorker):
         super().__init__(f"mqtt-sender-{robot_id}")
         self.window, self.ack_timeout, self.keepalive = window, ack_timeout, keepalive
         self.stats = MqttStats()
+        self.offer_file = Path(offer_file) if offer_file is not None else Path(outbox.path).with_name(OFFER_NOTE)
         self.connected = threading.Event()
         self._inflight: dict[int, float] = {}  # seq -> deadline for the station's ack
         self._last_ack = time.monotonic()
@@ -105,6 +116,7 @@ class MqttLink(LinkWorker):
             return
         self.stats.connects += 1
         client.subscribe(topic(self.robot_id, "ack"), qos=1)
+        client.subscribe(topic(self.robot_id, OFFER_KIND), qos=1)  # a broker ACL without it refuses just this
         client.publish(topic(self.robot_id, "status"), "online", qos=1, retain=True)
         self.connected.set()
         self._post("connected", True)
@@ -114,6 +126,9 @@ class MqttLink(LinkWorker):
         self._post("connected", False)
 
     def _on_message(self, client, userdata, msg) -> None:
+        if msg.topic == topic(self.robot_id, OFFER_KIND):
+            self._on_offer(msg)
+            return
         try:
             ids, rejected = parse_ack(unseal(msg.topic, msg.payload, self.key), self.outbox.outbox_id)
         except MessageError as e:
@@ -121,6 +136,19 @@ class MqttLink(LinkWorker):
             _limited.warning("bad-ack", "ignoring an ack on %s: %s", msg.topic, e)
             return
         self._post("ack", (ids, rejected))
+
+    def _on_offer(self, msg) -> None:
+        if not msg.payload:  # the station withdrew its offer
+            return
+        try:
+            offer = parse_offer(unseal(msg.topic, msg.payload, self.key))
+            note_offer(self.offer_file, offer)
+        except (MessageError, OSError) as e:
+            _limited.warning("bad-offer", "ignoring a bundle offer on %s: %s", msg.topic, e)
+            return
+        self.stats.offers += 1
+        log.info("the station offers bundle %s (manifest %s): installed between surveys (leafscout bundle fetch)",
+                 offer.version, offer.manifest_sha256[:12])
 
     # -- sender thread -------------------------------------------------------------
     def _run(self) -> None:

@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     inst.add_argument("--user", action="store_true",
                       help="a user unit (~/.config/systemd/user) instead of a system one (/etc/systemd/system)")
     inst.add_argument("--unit-dir", type=Path, default=None, help="write the unit here instead")
+    inst.add_argument("--update-pubkey", type=Path, default=None, metavar="KEY",
+                      help="install the bundle the station offers before each start (ExecStartPre=leafscout bundle "
+                      "fetch --pubkey KEY): signed with this Ed25519 public key, between surveys, never mid-run")
     inst.add_argument("--watchdog-sec", type=int, default=30,
                       help="systemd restarts the service when the loop sends no heartbeat for this long (default 30)")
     inst.set_defaults(func=_install)
@@ -44,9 +47,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_status)
 
 
-def unit_text(config: Path, *, user: bool, watchdog_sec: int = 30, python: str | None = None) -> str:
-    """The systemd unit that runs the robot loop from ``config`` (an absolute path)."""
-    exec_start = shlex.join([python or sys.executable, "-m", "leafscout", "run", "--config", str(config)])
+def unit_text(config: Path, *, user: bool, watchdog_sec: int = 30, python: str | None = None,
+              update_pubkey: Path | None = None) -> str:
+    """The systemd unit that runs the robot loop from ``config`` (an absolute path); with
+    ``update_pubkey`` it first installs the bundle the station offers (``leafscout bundle fetch``)."""
+    leafscout = [python or sys.executable, "-m", "leafscout"]
+    exec_start = shlex.join([*leafscout, "run", "--config", str(config)])
+    # "-": a failed update is reported (log, bundle_update.json) and the survey starts on the current bundle.
+    pre = "" if update_pubkey is None else "ExecStartPre=-" + shlex.join(
+        [*leafscout, "bundle", "fetch", "--config", str(config), "--pubkey", str(update_pubkey)]) + "\n"
     return f"""# Written by `leafscout service install`; see docs/robot.md.
 [Unit]
 Description=leafscout field robot (camera, classifier, telemetry)
@@ -56,7 +65,7 @@ Wants=network-online.target
 [Service]
 Type=notify
 NotifyAccess=main
-ExecStart={exec_start}
+{pre}ExecStart={exec_start}
 WorkingDirectory={config.parent}
 WatchdogSec={watchdog_sec}
 Restart=on-failure
@@ -82,12 +91,16 @@ def _install(args: argparse.Namespace) -> int:
         print(f"leafscout service install: error: --watchdog-sec must be >= 10 (heartbeats come every 5 s), "
               f"got {args.watchdog_sec}", file=sys.stderr)
         return 2
+    pubkey = args.update_pubkey.resolve() if args.update_pubkey is not None else None
+    if pubkey is not None and not pubkey.is_file():
+        print(f"leafscout service install: error: --update-pubkey {pubkey}: no such file", file=sys.stderr)
+        return 2
     unit_dir = args.unit_dir or (Path.home() / ".config/systemd/user" if args.user else Path("/etc/systemd/system"))
     try:
         unit_dir.mkdir(parents=True, exist_ok=True)
         path = unit_dir / UNIT_NAME
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(unit_text(config, user=args.user, watchdog_sec=args.watchdog_sec))
+        tmp.write_text(unit_text(config, user=args.user, watchdog_sec=args.watchdog_sec, update_pubkey=pubkey))
         tmp.replace(path)
     except OSError as e:
         print(f"leafscout service install: error: cannot write the unit: {e}", file=sys.stderr)

@@ -1,4 +1,5 @@
 """``leafscout station``: the base-station process (receivers now, web pages next to them),
+``leafscout station offer-bundle DIR`` (offer a model bundle to the robots: station.bundle_offer)
 and ``leafscout keys new ROBOT`` (per-robot HMAC key files).
 
 ``serve(station, args)`` is the one place where services run beside the receivers:
@@ -85,6 +86,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for hook in OPTION_HOOKS:
         hook(p)
     p.set_defaults(func=run)
+    actions = p.add_subparsers(dest="station_command", metavar="ACTION", required=False)
+    _register_offer(actions)
 
     k = subparsers.add_parser("keys", help="per-robot HMAC keys for signed telemetry",
                               description="Make the key files that let a robot sign its records: the station keeps "
@@ -107,6 +110,90 @@ def _keys_new(args: argparse.Namespace) -> int:
         print(f"leafscout keys: error: {e}", file=sys.stderr)
         return 2
     print(f"{path}  (copy it to robot {args.robot} and run it with --hmac-key-file; keep it secret)")
+    return 0
+
+
+OFFER_SETTINGS = ("mqtt", "password", "password_file", "keys", "robots", "offers", "url", "pubkey", "insecure")
+
+
+def _register_offer(actions: argparse._SubParsersAction) -> None:
+    o = actions.add_parser(
+        "offer-bundle", help="offer a model bundle to the robots (MQTT announcement, authenticated HTTP download)",
+        description="Check bundle DIR (it loads, its hashes match, its self-test passes; with --pubkey its "
+                    "signature verifies), copy it into --offers DIR, which the station's web app serves to the "
+                    "robots at URL/robot/bundles/, and announce it on leafscout/ROBOT/offer (retained, sealed "
+                    "with each robot's key). Robots install it between surveys (leafscout bundle fetch). "
+                    "Exit 0 offered, 2 refused or not announced.")
+    o.add_argument("src", type=Path, metavar="DIR", help="the bundle (written by leafscout export --sign)")
+    o.add_argument("--config", metavar="FILE", type=Path,
+                   help=f"TOML file with any of: {', '.join(OFFER_SETTINGS)} (other station settings are ignored); "
+                        "options on the command line win")
+    o.add_argument("--mqtt", metavar="URL", help="broker URL with the station's user (password from --password-file, "
+                                                  f"${PASSWORD_ENV} or the config file)")
+    o.add_argument("--password-file", metavar="FILE", help="file holding the station's MQTT password")
+    o.add_argument("--keys", metavar="DIR", help="the station's per-robot key directory (required: the offer is "
+                                                  "sealed with, and downloads are signed by, each robot's key)")
+    o.add_argument("--robots", metavar="R1,R2", help="robots to offer it to (default: every robot of --keys)")
+    o.add_argument("--offers", metavar="DIR", type=Path,
+                   help="the offers directory the station's web app serves (leafscout station --offers DIR); required")
+    o.add_argument("--url", metavar="URL", help="the station's web address as the robots reach it, e.g. "
+                                                 "https://base.local:8443 (required)")
+    o.add_argument("--pubkey", metavar="KEY", type=Path,
+                   help="Ed25519 public key the bundle must be signed with (checked before it is offered)")
+    o.add_argument("--insecure", action="store_true", default=None, help="allow a broker without credentials")
+    o.set_defaults(func=_offer_bundle)
+
+
+def _offer_settings(args: argparse.Namespace) -> str | None:
+    """Fill unset offer-bundle options from --config; returns the MQTT password it holds, if any."""
+    cfg: dict = {}
+    if args.config is not None:
+        with open(args.config, "rb") as f:
+            cfg = tomllib.load(f)
+        unknown = set(cfg) - {*OFFER_SETTINGS, "serial", "baud", "db", "read_db", "hmac_key_file", "client_id"}
+        if unknown:
+            raise ValueError(f"{args.config}: unknown settings {sorted(unknown)}")
+    for name in ("mqtt", "password_file", "keys", "offers", "url", "pubkey", "insecure"):
+        if getattr(args, name) is None and cfg.get(name) is not None:
+            setattr(args, name, Path(cfg[name]) if name in ("offers", "pubkey") else cfg[name])
+    if args.robots is None and cfg.get("robots"):
+        args.robots = ",".join(cfg["robots"])
+    return cfg.get("password")
+
+
+def _offer_bundle(args: argparse.Namespace) -> int:
+    from leafscout.link.credentials import CredentialError, read_password
+    from leafscout.link.mqtt import MqttLinkError, parse_mqtt_url, url_has_password
+    from leafscout.station.bundle_offer import OfferError, OfferStore, announce
+    from leafscout.station.keys import KeyFileError, KeyRing
+
+    def fail(message: object) -> int:
+        print(f"leafscout station offer-bundle: error: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        password = _offer_settings(args)
+        missing = [f"--{n}" for n in ("mqtt", "keys", "offers", "url") if not getattr(args, n)]
+        if missing:
+            return fail(f"give {', '.join(missing)} (or set them in --config)")
+        if url_has_password(args.mqtt):
+            return fail(f"the --mqtt URL holds a password (readable in /proc by every user): put it in "
+                        f"--password-file, ${PASSWORD_ENV} or the config file")
+        if args.password_file is not None or os.environ.get(PASSWORD_ENV):
+            password = read_password(args.password_file)
+        if not (parse_mqtt_url(args.mqtt).username and password) and not args.insecure:
+            return fail("MQTT without credentials (user in --mqtt, password in --password-file); "
+                        "--insecure for a bench")
+        keys = KeyRing.from_dir(args.keys)
+        robots = [r.strip() for r in args.robots.split(",") if r.strip()] if args.robots else sorted(keys.robots)
+        public_key = args.pubkey.read_bytes() if args.pubkey is not None else None
+        offer = OfferStore(args.offers).add(args.src, robots=robots, public_key=public_key)
+        announced = announce(offer, base_url=args.url, mqtt_url=args.mqtt, password=password, keys=keys)
+    except (OfferError, KeyFileError, CredentialError, MqttLinkError, OSError, ValueError,
+            tomllib.TOMLDecodeError) as e:
+        return fail(e)
+    print(f"offered {offer.version} (manifest {offer.manifest_sha256[:12]}) to {', '.join(announced)}")
+    print(f"  served at {offer.message(args.url).url}  (leafscout station --http ... --offers {args.offers})")
     return 0
 
 

@@ -46,7 +46,11 @@ def _variant(src: Path, out: Path, created: str, sign_key: Path | None, *, break
 
 @pytest.fixture(scope="module")
 def kit(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    d = tmp_path_factory.mktemp("install")
+    return make_kit(tiny_bundle, tmp_path_factory.mktemp("install"))
+
+
+def make_kit(tiny_bundle: Path, d: Path) -> dict:
+    """A release key pair and signed variants of ``tiny_bundle``: v1 < v2, forged, unsigned, badtest."""
     priv, pub = _keypair(d, "release")
     other, _ = _keypair(d, "intruder")
     return {

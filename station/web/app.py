@@ -24,7 +24,7 @@ from leafscout import __version__
 from leafscout.station.db import StationDB, open_db, read_rows
 from leafscout.station.sql import Connection, is_broken
 
-from . import access, queries, routes
+from . import access, bundles, queries, routes
 from .aggregates import SurveyAggregates, SurveySummary
 from .auth import SessionStore, UserStore
 from .pages import render
@@ -162,6 +162,7 @@ def create_app(
     client_login_failures: int = 20,
     login_tarpit_s: float = 1.0,
     basemap: "BasemapFile | None" = None,
+    bundle_offers: "bundles.BundleOffers | None" = None,
 ) -> FastAPI:
     """Build the dashboard for a station database.
 
@@ -173,6 +174,7 @@ def create_app(
     account within a minute (``client_login_failures`` from one address) lock it out for
     a minute, then 2, 4, ... up to an hour; each refused attempt is answered after
     ``login_tarpit_s``. ``basemap`` is an image of the field drawn under GPS maps.
+    ``bundle_offers`` serves offered model bundles to the robots (:mod:`.bundles`).
     """
     owns_db = not isinstance(db, StationDB)
     station_db = open_db(db) if owns_db else db
@@ -196,10 +198,12 @@ def create_app(
     app = FastAPI(title="leafscout station", version=__version__, lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.state.station = state
+    app.state.bundle_offers = bundle_offers
     app.add_middleware(SecurityHeaders, hsts=secure_cookies)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(access.router)
     app.include_router(routes.router)
+    app.include_router(bundles.router)
     _add_error_pages(app)
 
     @app.get("/healthz", include_in_schema=False)
