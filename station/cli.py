@@ -114,6 +114,8 @@ def _keys_new(args: argparse.Namespace) -> int:
 
 
 OFFER_SETTINGS = ("mqtt", "password", "password_file", "keys", "robots", "offers", "url", "pubkey", "insecure")
+# Every key of a station config file: `leafscout station` and `offer-bundle` read the same file.
+CONFIG_KEYS = frozenset({*OFFER_SETTINGS, "serial", "baud", "db", "read_db", "hmac_key_file", "client_id"})
 
 
 def _register_offer(actions: argparse._SubParsersAction) -> None:
@@ -150,7 +152,7 @@ def _offer_settings(args: argparse.Namespace) -> str | None:
     if args.config is not None:
         with open(args.config, "rb") as f:
             cfg = tomllib.load(f)
-        unknown = set(cfg) - {*OFFER_SETTINGS, "serial", "baud", "db", "read_db", "hmac_key_file", "client_id"}
+        unknown = set(cfg) - CONFIG_KEYS
         if unknown:
             raise ValueError(f"{args.config}: unknown settings {sorted(unknown)}")
     for name in ("mqtt", "password_file", "keys", "offers", "url", "pubkey", "insecure"):
@@ -206,14 +208,15 @@ def _apply_config(args: argparse.Namespace) -> str | None:
     if args.config is not None:
         with open(args.config, "rb") as f:
             cfg = tomllib.load(f)
-        unknown = set(cfg) - {"mqtt", "password", "password_file", "serial", "baud", "db", "read_db", "keys",
-                              "hmac_key_file", "robots", "client_id", "insecure"}
+        unknown = set(cfg) - CONFIG_KEYS  # url and pubkey are offer-bundle's
         if unknown:
             raise ValueError(f"{args.config}: unknown settings {sorted(unknown)}")
     for name in ("mqtt", "serial", "baud", "db", "read_db", "keys", "hmac_key_file", "client_id", "insecure",
                  "password_file"):
         if getattr(args, name) is None:
             setattr(args, name, cfg.get(name, _DEFAULTS.get(name)))
+    if getattr(args, "offers", None) is None and cfg.get("offers"):  # --offers: served by the dashboard
+        args.offers = cfg["offers"]
     if args.robots is None and cfg.get("robots"):
         args.robots = ",".join(cfg["robots"])
     return cfg.get("password")

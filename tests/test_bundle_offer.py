@@ -27,7 +27,7 @@ from leafscout.robot.bundle_fetch import OFFER_NOTE, UPDATE_STATUS, update_from_
 from leafscout.robot.bundle_store import BundleStore
 from leafscout.robot.service_cli import unit_text
 from leafscout.station.broker import Broker, free_port
-from leafscout.station.bundle_offer import OfferStore
+from leafscout.station.bundle_offer import OfferError, OfferStore, announce
 from leafscout.station.keys import KeyRing, new_key
 from leafscout.station.web.app import create_app
 from leafscout.station.web.bundles import BundleOffers
@@ -103,7 +103,7 @@ def test_bad_signature_is_refused_and_the_old_bundle_stays(site: dict, kit: dict
     # A station that checks the signature does not even offer it ...
     assert offer(site, kit["forged"], "--pubkey", str(kit["pub"])) == 2
     assert "does not verify" in capsys.readouterr().err
-    assert fetch(site, kit) == 0 and update_status(site)["state"] == "no-offer"
+    assert fetch(site, kit, "--wait", "1") == 0 and update_status(site)["state"] == "no-offer"
     # ... and when one offers it anyway (no --pubkey there), the robot refuses it.
     assert offer(site, kit["forged"]) == 0
     assert fetch(site, kit) == EXIT_REFUSED
@@ -217,3 +217,17 @@ def test_the_service_fetches_before_each_start(tmp_path: Path) -> None:
     assert pre.startswith("ExecStartPre=-")  # a failed fetch never keeps the survey from starting
     assert f"bundle fetch --config {tmp_path / 'robot.toml'} --pubkey {tmp_path / 'release.pub'}" in pre
     assert "ExecStartPre" not in unit_text(tmp_path / "robot.toml", user=True)
+
+
+def test_a_broker_that_drops_the_offer_is_an_error(tmp_path: Path, kit: dict) -> None:
+    """Mosquitto acknowledges a publish its ACL forbids and drops it: offer-bundle reads its offers back."""
+    require_binary("mosquitto")
+    require_binary("mosquitto_passwd")
+    broker = Broker(tmp_path / "broker", ["r1"])
+    acl = broker.dir / "acl"
+    acl.write_text("".join(ln for ln in acl.read_text().splitlines(keepends=True) if "offer" not in ln))
+    new_key(tmp_path / "keys", "r1")
+    stored = OfferStore(tmp_path / "offers").add(kit["v2"], robots=["r1"], public_key=kit["pub"].read_bytes())
+    with broker, pytest.raises(OfferError, match="ACL"):
+        announce(stored, base_url="http://127.0.0.1:1", mqtt_url=broker.url("station"), password=None,
+                 keys=KeyRing.from_dir(tmp_path / "keys"), timeout_s=2.0)
