@@ -173,8 +173,8 @@ def _fetch(args: argparse.Namespace) -> int:
             print(f"leafscout bundle fetch: warning: {e}; using the offer the last survey noted, if any",
                   file=sys.stderr)
     if offer is None and problem is not None:
-        result = report(UpdateResult("failed", problem, None, str(robot.store.version_of(robot.store.current))),
-                        status_path)
+        version = robot.store.version_of(robot.store.current)
+        result = report(UpdateResult("failed", problem, None, str(version) if version else None), status_path)
     else:
         result = update_from_offer(offer, robot.store, robot_id=robot.robot_id, key=key, public_key=public_key,
                                    status_path=status_path, run_status=robot.state_dir / STATUS_NAME,

@@ -110,6 +110,9 @@ class OfferStore:
         raw = (src / MANIFEST).read_bytes()
         sha = hashlib.sha256(raw).hexdigest()
         names = [MANIFEST, *manifest["files"]] + ([SIGNATURE] if (src / SIGNATURE).is_file() else [])
+        odd = [n for n in manifest["files"] if Path(n).name != n or n.startswith(".") or n in (MANIFEST, SIGNATURE)]
+        if odd:  # robots would refuse them too; and nothing is copied from or to outside the folders
+            raise OfferError(f"{src}: the manifest lists {odd}, not plain file names")
         target = self.root / sha
         if not (target / MANIFEST).is_file():
             self.root.mkdir(parents=True, exist_ok=True)
@@ -117,7 +120,7 @@ class OfferStore:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir()
             try:
-                for name in names:  # load_bundle refused names that are not plain file names
+                for name in names:
                     shutil.copyfile(src / name, staging / name)
                 os.rename(staging, target)  # robots never see half a bundle
             finally:

@@ -91,7 +91,13 @@ def test_offer_is_fetched_and_installed(site: dict, kit: dict, capsys) -> None:
     store = BundleStore(site["store"])
     assert store.current.name == _version(kit["v2"]) and store.previous.name == _version(kit["v1"])
     assert update_status(site)["state"] == "installed"
-    assert fetch(site, kit) == 0  # offered again at the next start: already current, nothing downloaded
+    # The next start (the service's ExecStartPre reads robot.toml): already current, nothing downloaded.
+    b = site["broker"]
+    config = site["tmp"] / "robot.toml"
+    config.write_text(f'[mqtt]\nurl = "{b.url("r1", password=False)}"\npassword_file = "{b.password_file("r1")}"\n'
+                      f'hmac_key_file = "{site["keys"] / "r1.key"}"\nstate_dir = "{site["state"]}"\n'
+                      f'[bundle]\npath = "{site["store"]}"\n[survey]\nid = "s1"\nrobot_id = "r1"\n')
+    assert main(["bundle", "fetch", "--config", str(config), "--pubkey", str(kit["pub"])]) == 0
     assert update_status(site)["state"] == "up-to-date"
     capsys.readouterr()
     assert main(["bundle", "show", "--bundles", str(site["store"]), "--state-dir", str(site["state"])]) == 0
