@@ -25,9 +25,10 @@ import numpy as np
 from leafscout.link.records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
 from leafscout.link.stats import wilson_interval
 from leafscout.vision.classifier import LeafClassifier
-from leafscout.vision.localize import LeafLocalizer, LocalizeConfig, masked_square_crop, square_crop
+from leafscout.vision.detect import leaf_crop
+from leafscout.vision.localize import LeafLocalizer, LocalizeConfig
 from leafscout.vision.taxonomy import BACKGROUND
-from leafscout.vision.white_balance import SOIL_BGR, WhiteBalance, apply_gains, balance_gains
+from leafscout.vision.white_balance import SOIL_BGR, WhiteBalance, balance_gains
 
 from .camera import Capture, Frame
 from .field_stats import FieldStats
@@ -57,7 +58,8 @@ class RuntimeConfig:
     summary_every_s: float = 2.0  # changed rows are summarised at most this often (stream time)
     thumbnail_px: int = 96
     crop_margin: float = 0.08
-    crop_fill: int | None = None  # paint the soil around a leaf this grey before classifying (None: keep it)
+    crop_fill: int | None = None  # paint the soil around a leaf this grey before classifying (None: as
+    # white_balance.paint_soil says: the reference soil colour, or the frame as it is)
     frame_timeout_s: float = 5.0  # live: heartbeat "no-camera" after this long without a frame
     hold_unpositioned_s: float = 30.0  # live: plants counted in a GPS dropout wait this long for the fixes around it
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
@@ -204,11 +206,9 @@ class Runtime:
 
     def _crop(self, image: np.ndarray, track: Track) -> np.ndarray:
         cfg = self.config
-        if cfg.crop_fill is None or track.detection is None:
-            crop = square_crop(image, track.box, cfg.crop_margin)
-        else:
-            crop = masked_square_crop(image, track.detection, cfg.crop_margin, cfg.crop_fill)
-        return apply_gains(crop, self._gains) if cfg.white_balance.enabled else crop
+        fill = cfg.crop_fill if cfg.crop_fill is not None else cfg.white_balance.soil_fill
+        return leaf_crop(image, track.box, track.detection, margin=cfg.crop_margin,
+                         gains=self._gains if cfg.white_balance.enabled else None, fill=fill)
 
     # -- counting and telemetry -------------------------------------------------------
     def _count(self, tracks: list[Track], now: Position) -> None:

@@ -19,6 +19,9 @@ def test_the_shipped_example_is_valid_and_mentions_every_localizer_setting() -> 
     for f in dataclasses.fields(LocalizeConfig):
         assert f"\n{f.name} = " in text, f.name
     assert cfg.localizer == LocalizeConfig()  # the example shows the defaults
+    from leafscout.robot.runtime import RuntimeConfig
+
+    assert cfg.white_balance == RuntimeConfig().white_balance
 
 
 def test_values_reach_their_dataclasses_with_their_types() -> None:

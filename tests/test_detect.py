@@ -117,3 +117,23 @@ def test_the_classifiers_health_decides_background(images: dict) -> None:
     assert found.detections[0].to_json()["class"] == "background" and found.mask is None
     boxes_only = Detector(None)(read_image(images["three"][0]), mask=True)
     assert [d.health for d in boxes_only.detections] == ["uncertain"] * 3 and boxes_only.mask.shape == (480, 640)
+
+
+def test_the_classifier_sees_the_leaf_on_the_reference_soil_after_the_gains(images: dict) -> None:
+    """The robot's loop and `leafscout detect` crop alike: square, colour-corrected, and everything
+    but the leaf painted the soil colour the model knows (exactly that colour after the gains)."""
+    from leafscout.training.data import read_image
+    from leafscout.vision.detect import leaf_crop
+    from leafscout.vision.localize import LeafLocalizer, square_crop
+    from leafscout.vision.white_balance import SOIL_BGR, apply_gains
+
+    image = read_image(images["one"][0])
+    (d,) = LeafLocalizer()(image)
+    gains = np.array([1.2, 1.0, 0.8], np.float32)
+    crop = leaf_crop(image, d.box, d, margin=0.1, gains=gains, fill=SOIL_BGR)
+    assert np.abs(crop[0, 0].astype(int) - np.array(SOIL_BGR)).max() <= 1  # the corner was soil
+    c = crop.shape[0] // 2
+    plain = apply_gains(square_crop(image, d.box, 0.1), gains)
+    assert (crop[c - 3 : c + 3, c - 3 : c + 3] == plain[c - 3 : c + 3, c - 3 : c + 3]).all()  # the leaf, corrected
+    assert (leaf_crop(image, d.box, d, margin=0.1, gains=gains, fill=None) == plain).all()  # painting off
+    assert (leaf_crop(image, d.box, None, margin=0.1, fill=SOIL_BGR) == square_crop(image, d.box, 0.1)).all()

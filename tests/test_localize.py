@@ -81,6 +81,34 @@ def test_masked_crop_keeps_the_leaf_and_paints_the_soil() -> None:
     assert (crop[c - 3 : c + 3, c - 3 : c + 3] == plain[c - 3 : c + 3, c - 3 : c + 3]).all()  # the leaf is untouched
 
 
+def test_masked_crop_paints_a_colour_and_keeps_a_rim_around_the_leaf() -> None:
+    frame, _ = field_frame(5, 1)
+    (d,) = LeafLocalizer()(frame)
+    tight = masked_square_crop(frame, d, margin=0.1, fill=(40, 56, 98))
+    grown = masked_square_crop(frame, d, margin=0.1, fill=(40, 56, 98), grow_px=4)
+    assert tight[0, 0].tolist() == [40, 56, 98]  # the corner was soil: painted the colour given
+    painted = lambda c: (c == np.array([40, 56, 98], np.uint8)).all(axis=2)  # noqa: E731
+    assert painted(grown).sum() < painted(tight).sum()  # the rim around the leaf's outline is the frame's own
+
+
+def test_a_dull_blue_green_leaf_on_straw_is_found_and_straw_alone_is_not() -> None:
+    """Yellow straw has more excess green than a dull blue-green leaf (PlantVillage's healthy apple
+    leaves): only green-over-red (``green_red``) tells them apart."""
+    from leafscout.robot.conditions import CONDITIONS
+
+    rng = np.random.default_rng(0)
+    frame = soil_texture(rng, 480, 640)
+    CONDITIONS["straw"].apply(rng, frame)
+    assert LeafLocalizer()(frame) == []
+    for cx, cy in ((120, 120), (320, 120), (520, 120), (120, 360), (320, 360), (520, 360)):
+        m = np.zeros(frame.shape[:2], np.uint8)
+        cv2.ellipse(m, (cx, cy), (50, 32), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        leaf = np.array([100, 110, 84]) + rng.normal(0, 12, (480, 640, 3))
+        frame[m > 0] = np.clip(leaf[m > 0], 0, 255).astype(np.uint8)
+    assert len(LeafLocalizer()(frame)) == 6
+    assert len(LeafLocalizer(LocalizeConfig(green_red=0.0, max_index=0.3))(frame)) < 6  # excess green alone
+
+
 def test_square_crop_is_a_clipped_square_view() -> None:
     frame = np.zeros((480, 640, 3), np.uint8)
     crop = square_crop(frame, (600, 10, 640, 90), margin=0.1)
@@ -118,3 +146,22 @@ def test_gray_world_undoes_a_warm_cast_but_not_a_different_ground() -> None:
                                      near), 1.0)
     with pytest.raises(WhiteBalanceError, match="mode 'auto' is not one of off, gray-world"):
         WhiteBalance("auto")
+
+
+def test_gray_world_cools_a_warm_frame_but_never_warms_one() -> None:
+    """Grey gravel is bluer than brown soil, as a cool light would make it; warming such a frame
+    turned healthy leaves diseased (docs/localizer.md), so by default a frame is only cooled."""
+    from leafscout.vision.white_balance import SOIL_BGR, WhiteBalance, WhiteBalanceError, balance_gains
+
+    gravel = np.array([70.0, 75.0, 80.0])
+    frame = np.zeros((4, 4, 3), np.uint8)
+    wb = WhiteBalance("gray-world", reference=SOIL_BGR)
+    assert np.allclose(balance_gains(frame, wb, gravel), 1.0)
+    warmed = balance_gains(frame, WhiteBalance("gray-world", reference=SOIL_BGR, max_warming=None), gravel)
+    assert warmed[2] > 1.1 > 0.9 > warmed[0]  # without the limit: red up, blue down
+    warm = np.array(SOIL_BGR) * np.array([0.7, 1.0, 1.25])
+    cooled = balance_gains(frame, wb, warm)
+    assert cooled[0] > 1.0 > cooled[2]  # a warm cast is still undone
+    assert wb.soil_fill == SOIL_BGR and WhiteBalance(paint_soil=False).soil_fill is None
+    with pytest.raises(WhiteBalanceError, match="max_warming must be >= 0"):
+        WhiteBalance(max_warming=-0.1)

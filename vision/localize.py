@@ -45,9 +45,12 @@ class LocalizeConfig:
 
     work_width: int = 160  # segmentation resolution (pixels across)
     min_index: float = 0.09  # excess-green floor: Otsu's threshold is never below it (bare soil gives nothing)
-    max_index: float = 0.3  # ... and never above this: a pale leaf among deep green ones is still a leaf
+    max_index: float = 0.35  # ... and never above this: a pale leaf among deep green ones is still a leaf
     min_absolute: float = 0.02  # ... and green outright (its own index above this): grey stones on brown soil are not
     hysteresis: float = 0.04  # pixels this much below the threshold are vegetation where they touch vegetation
+    green_red: float = 0.5  # weight of (G - R) in the index: yellow straw is green-excessive, but redder than green
+    seed_green: float | None = 0.02  # a seed pixel's (G - R) / (B + G + R) is above this (None: no such test) ...
+    seed_green_over_soil: float = 0.1  # ... or above the soil's own plus this, whichever is lower (a warm cast)
     brightness_k: float = 0.4  # damping of dark pixels in the index (x the frame's mean brightness)
     balance: bool = True  # white-balance the index against the frame's own soil
     denoise_px: int = 3  # median filter before the index (0: off); removes chroma speckle
@@ -59,7 +62,7 @@ class LocalizeConfig:
     min_fill: float = 0.35  # share of a filled blob that is vegetation (the rest: lesions, or soil between specks)
     split_solidity: float = 1.0  # blobs less solid than this are tried for touching leaves (1: all; a chain of
     # overlapping round leaves is nearly convex)
-    split_ratios: tuple[float, ...] = (0.5, 0.65)  # leaf cores: depth >= this x the blob's deepest, tried in turn
+    split_ratios: tuple[float, ...] = (0.5, 0.65, 0.8)  # leaf cores: depth >= this x the blob's deepest, tried in turn
     min_core_px: float = 3.0  # a leaf is at least this deep (distance to its edge, work pixels): grass tufts are not
     mask_width: int = 0  # resolution of vegetation masks (leafscout detect --masks); 0: the image's own
 
@@ -186,7 +189,9 @@ class LeafLocalizer:
         if cfg.denoise_px:
             small = cv2.medianBlur(small, cfg.denoise_px)
         return segment_vegetation(small, min_index=cfg.min_index, max_index=cfg.max_index, brightness_k=cfg.brightness_k,
-                                  balance=cfg.balance, hysteresis=cfg.hysteresis, min_absolute=cfg.min_absolute)
+                                  balance=cfg.balance, hysteresis=cfg.hysteresis, min_absolute=cfg.min_absolute,
+                                  green_red=cfg.green_red, seed_green=cfg.seed_green,
+                                  seed_green_over_soil=cfg.seed_green_over_soil)
 
     def detect(self, frame: np.ndarray) -> tuple[list[Detection], Segmentation]:
         """Detections (largest first) and the frame's segmentation at work resolution."""
@@ -317,15 +322,19 @@ def square_crop(frame: np.ndarray, box: Sequence[int], margin: float = 0.08) -> 
     return frame[sy : sy + side, sx : sx + side]
 
 
-def masked_square_crop(frame: np.ndarray, det: Detection, margin: float = 0.08, fill: int = 128) -> np.ndarray:
-    """``square_crop`` with everything but the leaf painted ``fill`` grey (a copy).
+def masked_square_crop(frame: np.ndarray, det: Detection, margin: float = 0.08,
+                       fill: int | Sequence[float] = 128, grow_px: int = 0) -> np.ndarray:
+    """``square_crop`` with everything but the leaf painted ``fill`` (a grey level or a B, G, R colour; a copy).
 
-    For models that learned their photo backdrop: the soil around the leaf then
-    cannot sway the class.
+    The soil, straw, gravel or weeds around a leaf then cannot sway the class. ``grow_px``
+    widens the leaf's outline first, so a leaf edge the segmentation missed stays in.
     """
     sx, sy, side = _square(frame.shape, det.box, margin)
     mask = np.zeros((side, side), np.uint8)
     cv2.drawContours(mask, [det.contour(offset=(sx, sy))], -1, 1, thickness=cv2.FILLED)
-    crop = np.full((side, side, 3), fill, np.uint8)
+    if grow_px > 0:
+        mask = cv2.dilate(mask, _ellipse(2 * grow_px + 1))
+    crop = np.empty((side, side, 3), np.uint8)
+    crop[:] = np.clip(np.rint(np.broadcast_to(np.asarray(fill, np.float64), (3,))), 0, 255).astype(np.uint8)
     np.copyto(crop, frame[sy : sy + side, sx : sx + side], where=mask[:, :, None].astype(bool))
     return crop

@@ -16,6 +16,13 @@ clipped to ``max_gain``, so a frame that is all leaf cannot be pushed far off. W
 ``axis = "daylight"`` (the default) only the blue-versus-red part of a correction is
 applied: that is how daylight, shade and a camera's white balance move colours, while
 a different ground (yellow straw, grey gravel) differs in green too and is left alone.
+A frame is only ever cooled (``max_warming`` 0): grey gravel and stones are bluer than brown
+soil, gray-world cannot tell them from a cool light, and warming a frame turned healthy
+leaves "diseased" for the classifier (measured in docs/localizer.md).
+
+``paint_soil``: crops are painted the ``reference`` soil colour everywhere but the leaf,
+so the ground the robot drives over (speckled soil, gravel, straw, weeds) is the ground the
+classifier knows.
 """
 from __future__ import annotations
 
@@ -49,6 +56,8 @@ class WhiteBalance:
     white_percentile: float = 99.0  # white-patch: this percentile of each channel is taken as white
     axis: str = "daylight"  # daylight: correct only along blue-red (how daylight varies); full: every channel
     deadband: float = 0.1  # daylight: blue/red deviations (natural log) up to this are taken as the ground's own colour
+    max_warming: float | None = 0.0  # daylight: warm a frame (log R - log B) by at most this; None: no limit
+    paint_soil: bool = True  # crops: everything but the leaf painted the reference soil colour
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -61,6 +70,8 @@ class WhiteBalance:
             raise WhiteBalanceError(f"white balance max_gain must be >= 1, got {self.max_gain}")
         if self.axis not in AXES:
             raise WhiteBalanceError(f"white balance axis {self.axis!r} is not one of {', '.join(AXES)}")
+        if self.max_warming is not None and self.max_warming < 0:
+            raise WhiteBalanceError(f"white balance max_warming must be >= 0, got {self.max_warming}")
         if self.deadband < 0:
             raise WhiteBalanceError(f"white balance deadband must be >= 0, got {self.deadband}")
         if not 50 <= self.white_percentile <= 100:
@@ -70,13 +81,21 @@ class WhiteBalance:
     def enabled(self) -> bool:
         return self.mode != "off"
 
+    @property
+    def soil_fill(self) -> tuple[float, float, float] | None:
+        """The colour a crop shows around its leaf (the reference soil), or None to keep the frame's ground."""
+        return (self.reference or SOIL_BGR) if self.paint_soil else None
 
-def _normalised(gains: np.ndarray, max_gain: float, axis: str = "full", deadband: float = 0.0) -> np.ndarray:
+
+def _normalised(gains: np.ndarray, max_gain: float, axis: str = "full", deadband: float = 0.0,
+                max_warming: float | None = None) -> np.ndarray:
     if axis == "daylight":
         # keep only the blue-versus-red part (log B - log R): sun, shade and a camera's white balance move
         # colours along it, while a different ground (straw, gravel) moves them along green too
         d = np.log(gains[0]) - np.log(gains[2])
         k = np.sign(d) * max(0.0, abs(d) - deadband) / 2
+        if max_warming is not None:
+            k = max(k, -max_warming / 2)
         gains = np.exp(np.array([k, 0.0, -k]))
     gains = gains * (3.0 / gains.sum())  # brightness unchanged: only chroma moves
     return np.clip(gains, 1.0 / max_gain, max_gain).astype(np.float32)
@@ -100,7 +119,7 @@ def balance_gains(
     mean = np.asarray(background_bgr if background_bgr is not None else cv2.mean(image)[:3], np.float64)
     ref = np.asarray(config.reference if config.reference is not None else (1.0, 1.0, 1.0), np.float64)
     return _normalised(ref / ref.sum() / np.maximum(mean / max(mean.sum(), 1e-6), 1e-3), config.max_gain, config.axis,
-                       config.deadband)
+                       config.deadband, config.max_warming)
 
 
 def apply_gains(image: np.ndarray, gains: np.ndarray) -> np.ndarray:
