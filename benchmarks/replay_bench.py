@@ -170,12 +170,25 @@ def live_run(run: Path, bundle, crop_fill: int | None) -> dict:
 
 
 def condition_suite(bundle, leaves, names: list[str], rows: int, length: float, seed: int, work: Path,
-                    crop_fill: int | None) -> dict:
-    """Each condition's field, counted and timed; then bare fields of every texture (the count must be 0)."""
+                    crop_fill: int | None, other_seeds: dict | None = None) -> dict:
+    """Each condition's field, counted and timed; then bare fields of every texture (the count must be 0).
+
+    ``other_seeds`` (seed -> its leaves) scores every condition again on those field seeds
+    (other leaves, other layout; accuracy only), so one field's luck shows.
+    """
     from leafscout.robot.conditions import SOIL_TEXTURES
     from leafscout.robot.simulate import FieldConfig, score_report, simulate_run
 
-    out: dict = {"fields": {}, "bare": {}}
+    out: dict = {"fields": {}, "bare": {}, "other_seeds": {}}
+    for other, bank in (other_seeds or {}).items():
+        scores = out["other_seeds"][str(other)] = {}
+        for name in names:
+            conditions = () if name == "plain" else tuple(name.split("+"))
+            run = simulate_run(work / f"cond_{name}_seed{other}", FieldConfig(
+                rows=rows, row_length_m=length, seed=other, conditions=conditions), leaves=bank)
+            score = score_report(replay(run, bundle, threaded=False, crop_fill=crop_fill),
+                                 json.loads((run / "truth.json").read_text()))
+            scores[name] = {k: score[k] for k in ("plants_truth", "plants", "count_error_pct", "max_row_error_points")}
     for name in names:
         conditions = () if name == "plain" else tuple(name.split("+"))
         run = simulate_run(work / f"cond_{name}", FieldConfig(rows=rows, row_length_m=length, seed=seed,
@@ -237,6 +250,18 @@ def conditions_markdown(result: dict) -> str:
             for name, f in suite["fields"].items())
         bare = "\n".join(f"| {name} | {b['frames']} | {b['leaves_per_frame']:.3f} | **{b['plants']}** |"
                           for name, b in suite["bare"].items())
+        others = suite.get("other_seeds") or {}
+        seeds_text = "" if not others else f"""
+The same conditions on other field seeds (other held-out leaves, other layout; accuracy only):
+
+| condition | {' | '.join(f'seed {k}: count error | worst row (points) | on target' for k in others)} |
+|---|{'---:|---:|---|' * len(others)}
+""" + "\n".join(
+            f"| {name} | " + " | ".join(
+                f"{o[name]['count_error_pct']:+.1f} % | {o[name]['max_row_error_points']:.1f} | "
+                f"{'yes' if abs(o[name]['count_error_pct']) <= 5 and o[name]['max_row_error_points'] <= 5 else '**no**'}"
+                for o in others.values()) + " |"
+            for name in suite["fields"]) + "\n"
         text += f"""
 ### The field's hard cases (`--conditions`)
 
@@ -252,7 +277,7 @@ Bare fields (no plants at all; target: 0 counted):
 | ground | frames | candidates per frame | plants counted |
 |---|---:|---:|---:|
 {bare}
-"""
+{seeds_text}"""
     iou = result.get("cwfid")
     if iou:
         h, t = iou["held_out"], iou["tuning"]
@@ -356,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="field seed")
     p.add_argument("--also-seeds", type=int, nargs="*", default=[], metavar="SEED",
                    help="further field seeds to count and score (accuracy only), so one field's luck shows")
+    p.add_argument("--condition-seeds", type=int, nargs="*", default=[], metavar="SEED",
+                   help="also score every condition on these field seeds (accuracy only)")
     p.add_argument("--video-quality", type=int, default=None,
                    help="MJPG quality of the recording, 1-100 (default: the simulator's)")
     p.add_argument("--crop-fill", type=int, default=None, help="as `leafscout run --crop-fill` (default: off)")
@@ -432,8 +459,9 @@ def main(argv: list[str] | None = None) -> int:
         from leafscout.robot.conditions import CONDITIONS
 
         names = ["plain", *CONDITIONS] if args.conditions == "all" else args.conditions.split(",")
+        other_seeds = {seed: get_leaves(bundle, args.leaves, args.per_class, seed)[0] for seed in args.condition_seeds}
         result["conditions"] = condition_suite(bundle, leaves, names, args.rows, args.row_length, args.seed, args.out,
-                                               args.crop_fill)
+                                               args.crop_fill, other_seeds)
     if args.cwfid is not None:
         result["cwfid"] = cwfid_iou(args.cwfid)
     (args.out / "replay_bench.json").write_text(json.dumps(result, indent=1) + "\n")
