@@ -74,10 +74,11 @@ class Broker:
             flags = ["-b", "-c"] if i == 0 else ["-b"]
             subprocess.run([tool, *flags, str(passwd), user, pw], check=True, capture_output=True)
         (self.dir / "acl").write_text(
-            f"user {STATION_USER}\ntopic read leafscout/#\ntopic write leafscout/+/ack\n\n"
+            f"user {STATION_USER}\ntopic read leafscout/#\ntopic write leafscout/+/ack\n"
+            "topic write leafscout/+/offer\n\n"
             "pattern write leafscout/%u/plant\npattern write leafscout/%u/row\n"
             "pattern write leafscout/%u/heartbeat\npattern write leafscout/%u/status\n"
-            "pattern read leafscout/%u/ack\n"
+            "pattern read leafscout/%u/ack\npattern read leafscout/%u/offer\n"
         )
         extra = "user root\n" if os.geteuid() == 0 else ""
         if self.tls:

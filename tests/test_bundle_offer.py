@@ -237,3 +237,34 @@ def test_a_broker_that_drops_the_offer_is_an_error(tmp_path: Path, kit: dict) ->
     with broker, pytest.raises(OfferError, match="ACL"):
         announce(stored, base_url="http://127.0.0.1:1", mqtt_url=broker.url("station"), password=None,
                  keys=KeyRing.from_dir(tmp_path / "keys"), timeout_s=2.0)
+
+
+def _up(url: str) -> bool:
+    try:
+        return _get(url) == 401
+    except urllib.error.URLError:  # not listening yet
+        return False
+
+
+def test_the_station_command_serves_its_offers(site: dict, kit: dict, tmp_path: Path) -> None:
+    """`leafscout station --http ... --offers DIR --keys DIR`: the running station serves what it offered."""
+    assert offer(site, kit["v2"], "--robots", "r1") == 0
+    sha = next(p.name for p in site["offers"].iterdir() if not p.name.startswith("."))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "leafscout", "station", "--serial", f"pty://{tmp_path / 'tty'}",
+                             "--db", str(tmp_path / "cli.db"), "--keys", str(site["keys"]), "--insecure",
+                             "--http", f"127.0.0.1:{port}", "--offers", str(site["offers"]),
+                             "--users", str(tmp_path / "users.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        path = f"/robot/bundles/{sha}/manifest.json"
+        url = f"http://127.0.0.1:{port}{path}"
+        r1 = (site["keys"] / "r1.key").read_bytes().strip()
+        wait_for(lambda: proc.poll() is not None or _up(f"http://127.0.0.1:{port}/robot/bundles/x/y"), 60,
+                 "the station's web server")
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        assert _get(url, {"Authorization": auth_header("r1", r1, "GET", path)}) == 200
+        assert _get(url) == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)

@@ -43,7 +43,8 @@ def _copy_survey_as(db_path, source: str, survey_id: str) -> None:
         conn.execute("INSERT INTO thumbnails SELECT t.record_id || '/' || ?, t.jpeg FROM thumbnails t "
                      "JOIN plants p ON p.record_id = t.record_id WHERE p.survey_id = ?", (survey_id, source))
         conn.execute("INSERT INTO plants SELECT record_id || '/' || ?, robot_id, ?, plant_id, t, label, class_index, "
-                     "confidence, diseased, uncertain, row, metre, lat, lon, frames FROM plants WHERE survey_id = ?",
+                     "confidence, diseased, uncertain, row, metre, lat, lon, frames, fix, fix_quality FROM plants "
+                     "WHERE survey_id = ?",
                      (survey_id, survey_id, source))
 
 

@@ -31,6 +31,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add_basemap_options(parser)
     parser.add_argument("--http-rate", type=float, default=20.0, metavar="PER_S",
                         help="requests per second allowed per user or client address (default 20; burst 6x)")
+    from .bundles import add_offer_options
+
+    add_offer_options(parser)
 
 
 def add_basemap_options(parser: argparse.ArgumentParser) -> None:
@@ -58,16 +61,18 @@ def start_dashboard(station, args: argparse.Namespace):
     if not getattr(args, "http", None):
         return None
     from .app import create_app
+    from .bundles import offers_from_args
     from .server import WebServer, WebServerError, parse_address
 
     host, port = parse_address(args.http)
     tls = getattr(args, "tls_cert", None) is not None or getattr(args, "tls_key", None) is not None
     try:
         chosen = basemap_from(args)
+        offers = offers_from_args(args)
     except ValueError as e:
         raise WebServerError(str(e)) from e
     app = create_app(station.db, args.users, rate_per_s=args.http_rate, burst=max(1, int(6 * args.http_rate)),
-                     secure_cookies=tls, basemap=chosen)
+                     secure_cookies=tls, basemap=chosen, bundle_offers=offers)
     web = WebServer(app, host, port, tls_cert=getattr(args, "tls_cert", None),
                     tls_key=getattr(args, "tls_key", None)).start()
     print(f"dashboard at {web.url}", flush=True)
