@@ -133,6 +133,12 @@ def _status(args: argparse.Namespace) -> int:
         print(f"leafscout status: no status at {path} ({e}); is the robot running (live, or with --status-file)?",
               file=sys.stderr)
         return STATUS_MISSING
+    from .bundle_fetch import OFFER_NOTE, UPDATE_STATUS, read_noted_offer, read_update_status
+
+    # Model updates: the offer the survey heard (installed by the next `bundle fetch`) and the last fetch.
+    offer = read_noted_offer(Path(path).parent / OFFER_NOTE)
+    status["bundle_offer"] = offer.to_dict() if offer else None
+    status["bundle_update"] = read_update_status(Path(path).parent / UPDATE_STATUS)
     if args.json:
         print(json.dumps(status, indent=1))
     else:

@@ -121,4 +121,10 @@ def format_status(s: dict[str, Any], now: float | None = None) -> str:
         f"last    plant {last.get('plant_id')} ({last.get('label')}) row {last.get('row')}, fix {last.get('fix')}",
         f"bundle  {s.get('bundle') or 'unknown'}",
     ]
+    offer, update = s.get("bundle_offer"), s.get("bundle_update")
+    if offer:
+        lines.append(f"offer   {offer.get('version')} (manifest {str(offer.get('manifest_sha256'))[:12]}): "
+                     "installed by the next `leafscout bundle fetch`, between surveys")
+    if update:
+        lines.append(f"update  last fetch {update.get('updated_utc')}: {update.get('state')} ({update.get('detail')})")
     return "\n".join(lines)

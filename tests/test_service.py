@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from leafscout.cli import main
+from leafscout.link.mqtt import BundleOffer
+from leafscout.robot.bundle_fetch import OFFER_NOTE, UPDATE_STATUS, note_offer
 from leafscout.robot.sdnotify import notify
 from leafscout.robot.service_cli import STATUS_DEGRADED, STATUS_MISSING, UNIT_NAME
 from leafscout.robot.simulate import FieldConfig, simulate_run
@@ -132,4 +134,14 @@ def test_status_finds_the_file_through_the_config(tmp_path: Path, capsys) -> Non
     config = tmp_path / "robot.toml"
     config.write_text(f'[survey]\nrobot_id = "robot-7"\n[mqtt]\nstate_dir = "{state / "robot-7"}"\n')
     assert main(["status", "--config", str(config)]) == 0
-    assert "robot robot-7  survey north  running (ok)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "robot robot-7  survey north  running (ok)" in out and "offer " not in out
+    # An offer the survey heard and the last fetch's outcome show up next to the status.
+    note_offer(state / "robot-7" / OFFER_NOTE, BundleOffer("2026-12-05T05:00:00+00:00", "ab" * 32,
+                                                            "http://station:8080/robot/bundles/abab/", 4e9))
+    (state / "robot-7" / UPDATE_STATUS).write_text(json.dumps(
+        {"state": "deferred", "detail": "survey north is under way", "updated_utc": "2026-12-05T05:01:00+00:00"}))
+    assert main(["status", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "offer   2026-12-05T05:00:00+00:00 (manifest abababababab)" in out
+    assert "update  last fetch 2026-12-05T05:01:00+00:00: deferred (survey north is under way)" in out
