@@ -120,6 +120,44 @@ def write_markdown(results: list[dict], path: Path) -> None:
     path.write_text("\n".join(lines) + (NOTES_MARKER + notes if notes else ""))
 
 
+def step_times(models: list[str], size: int = 96, batch: int = 64, reps: int = 5, steps: int = 4) -> list[dict]:
+    """ms per image of one training step (forward, backward, AdamW) on random inputs, bf16, one thread,
+    plain and compiled: the best of ``reps`` runs, so a neighbour's job on a shared box counts less."""
+    import torch
+    import torch.nn.functional as F
+
+    from leafscout.vision import count_params, create_model
+
+    torch.set_num_threads(1)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 37, (batch,))
+    steppers = {}
+    for name in models:
+        for compiled in (False, True):
+            model = create_model(name, num_classes=37).to(memory_format=torch.channels_last)
+            opt, fn = torch.optim.AdamW(model.parameters()), torch.compile(model) if compiled else model
+
+            def step(fn=fn, opt=opt) -> None:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = F.cross_entropy(fn(x).float(), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+            for _ in range(3):  # warm-up (and compilation)
+                step()
+            steppers[(name, compiled)] = (step, count_params(model))
+    best = {key: float("inf") for key in steppers}
+    for _ in range(reps):  # interleaved, so load changes hit every variant alike
+        for key, (step, _) in steppers.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            best[key] = min(best[key], (time.perf_counter() - t0) / steps / batch * 1e3)
+    return [{"model": n, "compiled": c, "params": steppers[(n, c)][1], "ms_per_image": round(best[(n, c)], 3),
+             "input": size, "batch": batch} for n, c in steppers]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=default_data_dir(), help="PlantVillage-layout folder")
@@ -130,8 +168,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true", help="evaluate finished runs again instead of retraining")
     ap.add_argument("--json", type=Path, default=None, help="results JSON (default OUT_ROOT/train_bench.json)")
     ap.add_argument("--markdown", type=Path, default=REPO / "docs" / "_bench_training.md", help="fragment to write")
+    ap.add_argument("--step-times", nargs="+", metavar="MODEL", default=None,
+                    help="only time one training step of these models at 96 px (plain and torch.compile), print JSON")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.step_times:
+        print(json.dumps(step_times(args.step_times), indent=1))
+        return 0
     if args.data is None:
         ap.error("no data: pass --data or set LEAFSCOUT_DATA (the targets are defined on PlantVillage)")
     bench_cmd = shlex.join(["python", "benchmarks/train_bench.py", *(argv if argv is not None else sys.argv[1:])])

@@ -55,8 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(weights and evaluation stay fp32); auto = bf16 where the hardware has it natively, "
                         "else fp32 (default fp32)")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the training step (about 1.2x the images/s of leafnet_bn on a CPU, after "
-                        "a warm-up; needs a C++ compiler)")
+                   help="torch.compile the training step (1.2-1.3x the images/s of leafnet_bn(_deep) on a CPU, "
+                        "after a warm-up; needs a C++ compiler)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, init, order and augmentation")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0: main process)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process (default: cores / processes - 1, at least 1)")

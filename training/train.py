@@ -93,9 +93,10 @@ class TrainConfig:
     # fp32): 1.6x the images/s of fp32 for leafnet_bn on an AMX Xeon. "auto": bf16 where
     # the CPU (or GPU) computes it natively, else fp32 (emulated bf16 is slower than fp32).
     precision: str = "fp32"
-    # torch.compile the training step (fuses BN and ReLU with their neighbours): measured
-    # 2.11 -> 1.75 ms per 96 px image for leafnet_bn (bf16, one thread), after a warm-up of
-    # seconds to a minute. Evaluation and checkpoints use the plain module.
+    # torch.compile the training step (fuses BN and ReLU with their neighbours): 1.83 -> 1.56
+    # ms per 96 px image for leafnet_bn, 2.13 -> 1.68 for leafnet_bn_deep (bf16, one thread,
+    # benchmarks/train_bench.py --step-times), after a warm-up of seconds to a minute.
+    # Evaluation and checkpoints use the plain module.
     compile: bool = False
     dump_replicas: bool = False  # each rank writes its final weights (DDP checks)
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None
@@ -661,7 +662,7 @@ def _train(config: TrainConfig, info: DistInfo) -> Path:
             barrier(info)
             durations.append(time.monotonic() - t0)
             continue
-        # Validation in the training arithmetic: bf16 takes a third of fp32's time here and only
+        # Validation in the training arithmetic: bf16 takes about 40% of fp32's time here and only
         # picks the best epoch; calibration and eval measure the saved fp32 weights afterwards.
         val = evaluate(model, val_loader, classes, info.device, autocast_dtype)
         record = _epoch_record(epoch, optimizer, stats, val, time.monotonic() - t0)

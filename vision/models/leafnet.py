@@ -49,8 +49,9 @@ def leafnet_bn(num_classes: int, **kwargs) -> LeafNet:
 
 
 # A second conv at 1/8 resolution: where extra capacity is cheapest on a CPU (per image,
-# BN and ReLU on the 48x48 maps cost more than a conv on 12x12 ones). Measured at 96 px,
-# bf16, one thread: 1.92 ms/img training step against 1.75 for leafnet_bn (both compiled).
+# BN and ReLU on the 48x48 maps cost more than a conv on 12x12 ones). One training step at
+# 96 px, bf16, one thread, compiled: 1.68 ms/img against 1.56 for leafnet_bn (quiet box,
+# `python benchmarks/train_bench.py --step-times leafnet_bn leafnet_bn_deep`).
 @register_model(input_size=(96, 96), description="LeafNet-BN with a second 12x12 conv, for field crops")
 def leafnet_bn_deep(num_classes: int, **kwargs) -> LeafNet:
     return LeafNet(num_classes, **{"depths": (1, 1, 2, 0), **kwargs})
