@@ -34,11 +34,11 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
 HEADER = """# Benchmarks
 
 Every figure below was measured by the command printed beside it, on the machine named
-in its section: a 2-core x86_64 dev box without GPU. The field-classifier and robot sections
-were measured on 2026-12-05 on an Intel Xeon with AMX shared with other jobs (the robot
-section gives CPU-time figures beside wall clock); the training and deploy sections on
-2026-12-03 on the same kind of machine, otherwise idle, for the previous (PlantVillage-only)
-reference bundle; the study section on 2026-11-25 on a 2-core AMD EPYC shared with other
+in its section: a 2-core x86_64 dev box without GPU. The field-classifier, deploy and robot
+sections were measured on 2026-12-05 on an Intel Xeon with AMX shared with other jobs (the robot
+section gives CPU-time figures beside wall clock) for the committed reference bundle; the training
+section on 2026-12-03 on the same kind of machine, otherwise idle (its PlantVillage-only runs, plus
+the field recipe's step times of 2026-12-05); the study section on 2026-11-25 on a 2-core AMD EPYC shared with other
 jobs; the telemetry and dashboard sections date their own runs. `make bench` re-runs every benchmark (about two hours
 on a 2-core CPU) and rebuilds this page from the sections in `docs/_bench_*.md`: the
 training, robot and dashboard benchmarks rewrite their section themselves; the deploy,
