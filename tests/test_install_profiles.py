@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -34,7 +35,11 @@ def _run(cmd: list, **kw) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    done = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out, REPO],
+    # Build from a copy: setuptools' build/ folder would otherwise keep files of modules since removed.
+    src = out / "src"
+    shutil.copytree(REPO, src, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "bench_out", "demo_out", "runs", "*.egg-info", "__pycache__", ".pytest_cache"))
+    done = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", out, src],
                 timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     (whl,) = out.glob("leafscout-*.whl")

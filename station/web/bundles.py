@@ -22,7 +22,7 @@ from leafscout.link.mqtt import AUTH_SCHEME, MessageError, parse_auth_header, ve
 from leafscout.station.bundle_offer import URL_PREFIX, OfferStore
 from leafscout.station.keys import KeyRing
 
-__all__ = ["BundleOffers", "add_offer_options", "offers_from_args", "router"]
+__all__ = ["BundleOffers", "offers_from_args", "router"]
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -34,12 +34,6 @@ class BundleOffers:
 
     store: OfferStore
     keys: KeyRing
-
-
-def add_offer_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--offers", metavar="DIR",
-                        help="directory of bundles offered to the robots (leafscout station offer-bundle), served "
-                             "to them at /robot/bundles/ with --http; needs --keys")
 
 
 def offers_from_args(args: argparse.Namespace) -> BundleOffers | None:

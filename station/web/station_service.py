@@ -31,9 +31,10 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     add_basemap_options(parser)
     parser.add_argument("--http-rate", type=float, default=20.0, metavar="PER_S",
                         help="requests per second allowed per user or client address (default 20; burst 6x)")
-    from .bundles import add_offer_options
-
-    add_offer_options(parser)
+    # Here, not in .bundles: building the parser must not import the web stack (a [robot] install has none).
+    parser.add_argument("--offers", metavar="DIR",
+                        help="directory of bundles offered to the robots (leafscout station offer-bundle), served "
+                             "to them at /robot/bundles/ with --http; needs --keys")
 
 
 def add_basemap_options(parser: argparse.ArgumentParser) -> None:
