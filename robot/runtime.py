@@ -26,7 +26,7 @@ from leafscout.link.records import UNCERTAIN, Heartbeat, PlantRecord, RowSummary
 from leafscout.link.stats import wilson_interval
 from leafscout.vision.classifier import LeafClassifier
 from leafscout.vision.detect import leaf_crop
-from leafscout.vision.localize import LeafLocalizer, LocalizeConfig
+from leafscout.vision.localize import LeafLocalizer, LocalizeConfig, square_crop
 from leafscout.vision.taxonomy import BACKGROUND
 from leafscout.vision.white_balance import SOIL_BGR, WhiteBalance, balance_gains
 
@@ -178,7 +178,7 @@ class Runtime:
         if self.config.white_balance.enabled:
             self._gains = balance_gains(image, self.config.white_balance, self.localizer.last.background_bgr)
         for t in self.tracker.needs_fallback_view(frame.index):
-            self.tracker.keep_fallback_view(t, self._crop(image, t))
+            self.tracker.keep_fallback_view(t, self._crop(image, t), self._view(image, t))
         due = self.tracker.due(frame.index)
         self.timer.lap("track")
         if self.annotator is not None:
@@ -199,8 +199,9 @@ class Runtime:
             return
         probs = self.classifier.probs(crops)
         threshold = self.classifier.abstain_below
-        for track, p, crop in zip([*due, *fallback], probs, crops):
-            self.tracker.add_vote(track, p, index, crop)
+        for k, (track, p, crop) in enumerate(zip([*due, *fallback], probs, crops)):
+            if self.tracker.add_vote(track, p, index, crop) and k < len(due):  # a new best view, seen this frame
+                track.best_view = self._view(image, track).copy()
             self.views += 1
             self.uncertain_views += int(p.max() < threshold)
 
@@ -209,6 +210,10 @@ class Runtime:
         fill = cfg.crop_fill if cfg.crop_fill is not None else cfg.white_balance.soil_fill
         return leaf_crop(image, track.box, track.detection, margin=cfg.crop_margin,
                          gains=self._gains if cfg.white_balance.enabled else None, fill=fill)
+
+    def _view(self, image: np.ndarray, track: Track) -> np.ndarray:
+        """The plant as the camera saw it (no soil painting, no white balance): for thumbnails. A view."""
+        return square_crop(image, track.box, self.config.crop_margin)
 
     # -- counting and telemetry -------------------------------------------------------
     def _count(self, tracks: list[Track], now: Position) -> None:
@@ -232,8 +237,9 @@ class Runtime:
             )
             state.next_plant_id += 1
             thumb = None
-            if (record.diseased or record.uncertain) and track.best_crop is not None:
-                thumb = _jpeg(track.best_crop, cfg.thumbnail_px)
+            view = track.best_view if track.best_view is not None else track.best_crop
+            if (record.diseased or record.uncertain) and view is not None:
+                thumb = _jpeg(view, cfg.thumbnail_px)
             counted.append((record, thumb))
         if counted or self._held:
             counted = self._positioned(counted)

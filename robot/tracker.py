@@ -55,6 +55,7 @@ class Track:
     votes: list[np.ndarray] = field(default_factory=list)
     last_vote: int = -(10**9)
     best_crop: np.ndarray | None = None  # the most confident (or, before any vote, the largest) view
+    best_view: np.ndarray | None = None  # the same moment as the camera saw it (the thumbnail people look at)
     best_score: float = -1.0
     best_area: float = 0.0
     area: float = 0.0
@@ -165,15 +166,19 @@ class PlantTracker:
         """Unvoted tracks seen larger than ever: keep this view in case they never come fully into view."""
         return [t for t in self.tracks if t.last_frame == frame_index and not t.votes and t.area > t.best_area]
 
-    def keep_fallback_view(self, track: Track, crop: np.ndarray) -> None:
+    def keep_fallback_view(self, track: Track, crop: np.ndarray, view: np.ndarray | None = None) -> None:
         track.best_crop, track.best_area = crop.copy(), track.area
+        track.best_view = None if view is None else view.copy()
 
-    def add_vote(self, track: Track, probs: np.ndarray, frame_index: int, crop: np.ndarray | None = None) -> None:
+    def add_vote(self, track: Track, probs: np.ndarray, frame_index: int, crop: np.ndarray | None = None) -> bool:
+        """Add a vote; True when ``crop`` became the track's best view (the caller may keep its camera view too)."""
         track.votes.append(np.asarray(probs, np.float32))
         track.last_vote = frame_index
         score = float(np.max(probs))
         if crop is not None and score > track.best_score:
             track.best_score, track.best_crop = score, crop.copy()
+            return True
+        return False
 
     def flush(self) -> list[Track]:
         """End every track (end of stream)."""

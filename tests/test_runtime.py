@@ -5,6 +5,7 @@ import json
 import threading
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -111,6 +112,9 @@ def test_counts_plants_once_and_puts_them_in_their_rows(field_run: Path, bundle,
     thumbs = [(r, t) for r, t in sink.items if isinstance(r, PlantRecord) and t is not None]
     assert thumbs and all(t[:2] == b"\xff\xd8" for _, t in thumbs)  # small JPEGs ...
     assert all(r.diseased or r.uncertain for r, _ in thumbs)  # ... of diseased or uncertain plants only
+    for _, t in thumbs:  # as the camera saw them: real soil around the leaf, not the classifier's painted crop
+        corner = cv2.imdecode(np.frombuffer(t, np.uint8), cv2.IMREAD_COLOR)[:12, :12].reshape(-1, 3)
+        assert corner.astype(np.float32).std(axis=0).mean() > 1.0
     summaries = sink.of(RowSummary)
     assert {s.row for s in summaries} == {0, 1}
     last = {s.row: s for s in summaries}
