@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from leafscout.link.files import write_atomic
 from leafscout.link.mqtt import (
     OFFER_KIND,
     BundleOffer,
@@ -44,7 +45,7 @@ from leafscout.link.mqtt import (
     topic,
     unseal,
 )
-from leafscout.vision.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleError
+from leafscout.vision.bundle import MANIFEST_NAME, SIGNATURE_NAME, BundleError, file_sha256
 
 from .bundle_store import BundleStore, DowngradeError
 
@@ -85,10 +86,7 @@ class HttpRefused(FetchError):
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)  # `leafscout bundle show` never reads half a file
+    write_atomic(path, json.dumps(obj, indent=1) + "\n")  # `leafscout bundle show` never reads half a file
 
 
 def note_offer(path: str | os.PathLike, offer: BundleOffer) -> None:
@@ -237,7 +235,7 @@ def _manifest_sha256(path: Path | None) -> str | None:
     if path is None:
         return None
     try:
-        return hashlib.sha256((path / MANIFEST_NAME).read_bytes()).hexdigest()
+        return file_sha256(path / MANIFEST_NAME)
     except OSError:
         return None
 

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from leafscout.link.files import write_atomic
+
 __all__ = ["STATUS_NAME", "StatusFile", "link_states", "read_status", "format_status", "default_status_path"]
 
 STATUS_NAME = "status.json"
@@ -42,16 +44,6 @@ def link_states(sinks: Sequence[Any]) -> dict[str, str]:
                 up = bool(event is not None and event.is_set())
             out[name] = "up" if up else "down"
     return out
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class StatusFile:
@@ -86,7 +78,7 @@ class StatusFile:
         }
 
     def write(self, snapshot: dict[str, Any]) -> None:
-        _write_atomic(self.path, (json.dumps(snapshot, indent=1) + "\n").encode())
+        write_atomic(self.path, json.dumps(snapshot, indent=1) + "\n")
         self.writes += 1
 
     # -- the runtime's monitor interface ---------------------------------------------

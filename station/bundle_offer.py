@@ -35,6 +35,7 @@ from leafscout.link.mqtt import (
     topic,
     unseal,
 )
+from leafscout.link.files import write_atomic
 from leafscout.link.records import ID_PATTERN
 from leafscout.station.keys import KeyRing
 
@@ -89,12 +90,6 @@ def check_bundle(src: Path, public_key: bytes | None) -> dict:
     return bundle.manifest
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class OfferStore:
     """The offers directory (``--offers DIR``): ``<sha256>/`` folders the web app serves."""
 
@@ -128,7 +123,7 @@ class OfferStore:
         version = str((manifest.get("provenance") or {}).get("created") or "unversioned")[:64]
         info = {"manifest_sha256": sha, "version": version, "robots": sorted(robots), "files": sorted(names),
                 "offered": time.time(), "source": str(src.resolve())}
-        _write_atomic(target / OFFER_FILE, json.dumps(info, indent=1) + "\n")
+        write_atomic(target / OFFER_FILE, json.dumps(info, indent=1) + "\n")
         return self._read(target)
 
     def get(self, manifest_sha256: str) -> StoredOffer | None:
