@@ -8,7 +8,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install sysdeps test demo bench clean
 
+# torch from PyPI (a CUDA build, also on CPU-only machines) makes .venv about 6 GB
+VENV_NEEDS_GB := 7
+
 $(STAMP): pyproject.toml
+	@free_kb=$$(df -Pk . | awk 'NR==2 {print $$4}'); \
+	if [ -z "$$(ls $(VENV)/lib/python*/site-packages/torch 2>/dev/null | head -1)" ] && \
+	   [ "$$free_kb" -lt $$(( $(VENV_NEEDS_GB) * 1024 * 1024 )) ]; then \
+	  echo "make: only $$(( free_kb / 1024 / 1024 )) GB free on $$(df -P . | awk 'NR==2 {print $$6}');" \
+	       "installing .venv (torch included) needs about $(VENV_NEEDS_GB) GB. Free some space and rerun." >&2; \
+	  exit 1; \
+	fi
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[all,test]'

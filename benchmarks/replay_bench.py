@@ -169,8 +169,14 @@ def live_run(run: Path, bundle, crop_fill: int | None) -> dict:
             **{k: score[k] for k in ("plants_truth", "plants", "count_error_pct", "max_row_error_points")}}
 
 
+def _drop_video(run: Path, keep: bool) -> None:
+    """A condition's recording is 100-200 MB; once scored it is only needed to look at (``--keep-videos``)."""
+    if not keep:
+        (run / "field.avi").unlink(missing_ok=True)
+
+
 def condition_suite(bundle, leaves, names: list[str], rows: int, length: float, seed: int, work: Path,
-                    crop_fill: int | None, other_seeds: dict | None = None) -> dict:
+                    crop_fill: int | None, other_seeds: dict | None = None, keep_videos: bool = False) -> dict:
     """Each condition's field, counted and timed; then bare fields of every texture (the count must be 0).
 
     ``other_seeds`` (seed -> its leaves) scores every condition again on those field seeds
@@ -188,12 +194,14 @@ def condition_suite(bundle, leaves, names: list[str], rows: int, length: float, 
                 rows=rows, row_length_m=length, seed=other, conditions=conditions), leaves=bank)
             score = score_report(replay(run, bundle, threaded=False, crop_fill=crop_fill),
                                  json.loads((run / "truth.json").read_text()))
+            _drop_video(run, keep_videos)
             scores[name] = {k: score[k] for k in ("plants_truth", "plants", "count_error_pct", "max_row_error_points")}
     for name in names:
         conditions = () if name == "plain" else tuple(name.split("+"))
         run = simulate_run(work / f"cond_{name}", FieldConfig(rows=rows, row_length_m=length, seed=seed,
                                                                conditions=conditions), leaves=leaves)
         report = replay(run, bundle, threaded=False, crop_fill=crop_fill)
+        _drop_video(run, keep_videos)
         score = score_report(report, json.loads((run / "truth.json").read_text()))
         out["fields"][name] = {
             "plants_truth": score["plants_truth"], "plants": score["plants"],
@@ -210,6 +218,7 @@ def condition_suite(bundle, leaves, names: list[str], rows: int, length: float, 
         run = simulate_run(work / f"bare_{label}", FieldConfig(rows=1, row_length_m=length, seed=seed, bare_share=1.0,
                                                                 conditions=conditions), leaves=leaves)
         report = replay(run, bundle, threaded=False, crop_fill=crop_fill)
+        _drop_video(run, keep_videos)
         out["bare"][label] = {"frames": report["frames"], "plants": report["plants"],
                               "leaves_per_frame": report["tracker"]["leaves_per_frame"]}
     return out
@@ -394,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cwfid", type=Path, default=shared_cwfid if shared_cwfid.is_dir() else None, metavar="DIR",
                    help="measure vegetation IoU on a cwfid folder (images/, masks/); default: ../shared/data/cwfid "
                    "when present")
+    p.add_argument("--keep-videos", action="store_true",
+                   help="keep each condition's recording (100-200 MB each) after scoring it")
     p.add_argument("--skip-extras", action="store_true",
                    help="skip the live run and the backdrop-gap table (a quicker run)")
     p.add_argument("--out", type=Path, default=REPO / "bench_out" / "robot", help="work and result folder")
@@ -461,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
         names = ["plain", *CONDITIONS] if args.conditions == "all" else args.conditions.split(",")
         other_seeds = {seed: get_leaves(bundle, args.leaves, args.per_class, seed)[0] for seed in args.condition_seeds}
         result["conditions"] = condition_suite(bundle, leaves, names, args.rows, args.row_length, args.seed, args.out,
-                                               args.crop_fill, other_seeds)
+                                               args.crop_fill, other_seeds, keep_videos=args.keep_videos)
     if args.cwfid is not None:
         result["cwfid"] = cwfid_iou(args.cwfid)
     (args.out / "replay_bench.json").write_text(json.dumps(result, indent=1) + "\n")

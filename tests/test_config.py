@@ -25,10 +25,10 @@ def test_the_shipped_example_is_valid_and_mentions_every_localizer_setting() -> 
 
 
 def test_values_reach_their_dataclasses_with_their_types() -> None:
-    cfg = parse_config({"localizer": {"min_index": 0.12, "split_ratios": [0.5, 0.7], "work_width": 200},
+    cfg = parse_config({"localizer": {"min_index": 0.12, "split_saddle": 0.8, "peak_px": 4, "work_width": 200},
                         "white_balance": {"mode": "fixed", "gains": [1, 1.1, 0.9]},
                         "tracker": {"min_frames": 4}, "gps": {"port": "gps.nmea", "baud": 4800}})
-    assert cfg.localizer.min_index == 0.12 and cfg.localizer.split_ratios == (0.5, 0.7)
+    assert cfg.localizer.min_index == 0.12 and cfg.localizer.split_saddle == 0.8 and cfg.localizer.peak_px == 4
     assert cfg.white_balance.gains == (1.0, 1.1, 0.9) and cfg.tracker.min_frames == 4
     assert cfg.run_flags() == {"gps": "gps.nmea", "baud": 4800}
 

@@ -38,6 +38,38 @@ def test_counts_leaves_in_a_frame(seed: int, n: int) -> None:
         assert any(d.box[0] <= cx <= d.box[2] and d.box[1] <= cy <= d.box[3] for d in dets)
 
 
+def green_ellipses(ellipses: list[tuple[int, int, int, int, int]]) -> np.ndarray:
+    """Soil with flat green ellipses (cx, cy, half length, half width, angle) drawn in order: later ones on top."""
+    frame = soil_texture(np.random.default_rng(9), 480, 640)
+    for k, (cx, cy, a, b, angle) in enumerate(ellipses):
+        cv2.ellipse(frame, (cx, cy), (a, b), angle, 0, 360, (40, 150 + 15 * (k % 3), 60), -1)
+    return frame
+
+
+def test_a_chain_of_overlapping_leaves_is_cut_into_each_leaf() -> None:
+    # a big leaf with two small ones overlapping it by a quarter on each side, and a third on the far one:
+    # a cut at a share of the chain's deepest point loses the small leaves beside the big one
+    chain = [(180, 240, 46, 30, 0), (290, 240, 64, 44, 0), (400, 240, 46, 30, 0), (480, 240, 40, 27, 0)]
+    dets = LeafLocalizer()(green_ellipses(chain))
+    assert len(dets) == len(chain), [d.box for d in dets]
+    for cx, cy, *_ in chain:
+        assert sum(d.box[0] <= cx <= d.box[2] and d.box[1] <= cy <= d.box[3] for d in dets) >= 1
+
+
+def test_a_long_leaf_is_not_cut_and_neither_are_two_leaves_side_by_side_apart() -> None:
+    long_leaf = [(320, 240, 150, 35, 20)]  # a ridge without a neck: one leaf however long
+    assert len(LeafLocalizer()(green_ellipses(long_leaf))) == 1
+    apart = [(200, 240, 50, 32, 30), (440, 240, 50, 32, -30)]
+    assert len(LeafLocalizer()(green_ellipses(apart))) == 2
+
+
+def test_splitting_settings_are_checked() -> None:
+    for bad in ({"split_saddle": 0.0}, {"split_saddle": 1.5}, {"peak_px": 0}, {"peak_floor": 1.2},
+                {"part_area": 0.5}, {"part_core_px": -1}):
+        with pytest.raises(LocalizeError, match=next(iter(bad))):
+            LocalizeConfig(**bad)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_bare_soil_gives_no_detections(seed: int) -> None:
     frame = soil_texture(np.random.default_rng(100 + seed), 480, 640)

@@ -62,7 +62,11 @@ class LocalizeConfig:
     min_fill: float = 0.35  # share of a filled blob that is vegetation (the rest: lesions, or soil between specks)
     split_solidity: float = 1.0  # blobs less solid than this are tried for touching leaves (1: all; a chain of
     # overlapping round leaves is nearly convex)
-    split_ratios: tuple[float, ...] = (0.5, 0.65, 0.8)  # leaf cores: depth >= this x the blob's deepest, tried in turn
+    split_saddle: float = 0.9  # two depth peaks are two leaves when the depth between them dips below this x the lower
+    peak_px: int = 5  # depth peaks closer than this (work pixels) are one
+    peak_floor: float = 0.5  # ... and one shallower than this x the blob's deepest is a lobe or a weed, not a leaf
+    part_area: float = 1.5  # a leaf cut from touching leaves covers this x min_area ...
+    part_core_px: float = 5.0  # ... and is this deep (work pixels)
     min_core_px: float = 3.0  # a leaf is at least this deep (distance to its edge, work pixels): grass tufts are not
     mask_width: int = 0  # resolution of vegetation masks (leafscout detect --masks); 0: the image's own
 
@@ -76,11 +80,16 @@ class LocalizeConfig:
                                 f"{self.close_px}, {self.open_px}, {self.denoise_px}")
         if self.denoise_px and self.denoise_px % 2 == 0:
             raise LocalizeError(f"denoise_px must be odd (a median filter's size), got {self.denoise_px}")
-        for name in ("min_solidity", "min_fill", "split_solidity"):
+        for name in ("min_solidity", "min_fill", "split_solidity", "peak_floor"):
             if not 0 <= getattr(self, name) <= 1:
                 raise LocalizeError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not all(0 < r < 1 for r in self.split_ratios):
-            raise LocalizeError(f"split_ratios must be in (0, 1), got {self.split_ratios}")
+        if not 0 < self.split_saddle <= 1:
+            raise LocalizeError(f"split_saddle must be in (0, 1], got {self.split_saddle}")
+        if self.part_area < 1 or self.part_core_px < 0:
+            raise LocalizeError(f"need part_area >= 1 (x min_area) and part_core_px >= 0, got "
+                                f"{self.part_area}, {self.part_core_px}")
+        if self.peak_px < 1:
+            raise LocalizeError(f"peak_px must be >= 1 work pixel, got {self.peak_px}")
         if not -1 < self.min_index < 2:
             raise LocalizeError(f"min_index must be in (-1, 2), got {self.min_index}")
         if self.mask_width < 0:
@@ -139,34 +148,79 @@ def _ellipse(px: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (px, px))
 
 
-def _split_touching(blob: np.ndarray, ratios: Sequence[float], min_part: float) -> list[np.ndarray]:
+def _leaf_peaks(dist: np.ndarray, nms_px: int, floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Local maxima of a distance map (at least ``nms_px`` apart, at least ``floor`` deep), deepest first."""
+    k = 2 * nms_px + 1
+    ys, xs = np.nonzero((dist >= cv2.dilate(dist, _ellipse(k))) & (dist >= floor))
+    depth = dist[ys, xs]
+    order = np.argsort(-depth, kind="stable")
+    ys, xs, depth = ys[order], xs[order], depth[order]
+    keep: list[int] = []  # a plateau gives several equal maxima side by side: keep the first
+    for i in range(len(ys)):
+        if all((ys[i] - ys[j]) ** 2 + (xs[i] - xs[j]) ** 2 > nms_px**2 for j in keep):
+            keep.append(i)
+    return ys[keep], xs[keep], depth[keep]
+
+
+def _split_touching(blob: np.ndarray, *, saddle: float, nms_px: int, floor: float, min_core_px: float,
+                    min_part: float, min_part_core: float) -> list[np.ndarray]:
     """Outlines of the leaves in one filled blob (uint8 0/1, its bounding box plus a 1 px border).
 
-    Cores are the blob's parts deeper than a share of its deepest point. For each share
-    in ``ratios`` giving two or more cores, a watershed on the distance map gives each
-    core its own leaf; the split into the most leaves, each of at least ``min_part``
-    pixels, wins. Without one the blob is one leaf.
+    Each leaf is a hill of the blob's distance map. Two hills are the same leaf unless the
+    depth along the straight line between their tops dips below ``saddle`` x the lower
+    top: a neck. A long leaf's ridge does not dip; two overlapping leaves meet at a neck
+    however big either is (a share of the blob's deepest point, tried before, lost the
+    small leaf of a chain beside a big one). Each leaf then takes the pixels nearest its tops.
+    A part must stand as a leaf on its own: ``min_part`` pixels and ``min_part_core`` deep
+    (crossing weed blades fork into small shallow parts beside a leaf).
     """
+    whole = list(cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0])
     dist = cv2.distanceTransform(blob, cv2.DIST_L2, 3)
-    peak = float(dist.max())
-    relief = None
-    best: list[np.ndarray] = []
-    for ratio in ratios:
-        n, cores = cv2.connectedComponents((dist >= ratio * peak).astype(np.uint8))
-        if n - 1 <= max(1, len(best)):  # background + one core, or no more leaves than found already
+    ys, xs, depth = _leaf_peaks(dist, nms_px, max(min_core_px, floor * float(dist.max())))
+    n = len(ys)
+    if n < 2:
+        return whole
+    group = list(range(n))
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            group[i] = group[group[i]]
+            i = group[i]
+        return i
+
+    for i in range(n):
+        for j in range(i + 1, n):
+            gap = float(np.hypot(ys[i] - ys[j], xs[i] - xs[j]))
+            if gap > 4 * max(depth[i], depth[j]) or root(i) == root(j):
+                continue  # too far apart to be one leaf, or already joined through another top
+            t = np.linspace(0.0, 1.0, int(gap) + 2)
+            line = dist[np.rint(ys[i] + t * (ys[j] - ys[i])).astype(int), np.rint(xs[i] + t * (xs[j] - xs[i])).astype(int)]
+            if line.min() >= saddle * min(depth[i], depth[j]):
+                group[root(j)] = root(i)
+    labels = {r: k for k, r in enumerate(sorted({root(i) for i in range(n)}), start=1)}
+    if len(labels) < 2:
+        return whole
+    # Each pixel goes to the top nearest it in the power sense (distance^2 - depth^2): the cut between
+    # a big leaf and a small one moves toward the small one, near the neck. (A watershed on the
+    # distance map leaked along the blob's rim, whose pixels all lie at the same depth.)
+    py, px = np.nonzero(blob)
+    power = (py[:, None] - ys[None, :]) ** 2 + (px[:, None] - xs[None, :]) ** 2 - depth[None, :].astype(np.float64) ** 2
+    owner = np.array([labels[root(i)] for i in range(n)])[np.argmin(power, axis=1)]
+    markers = np.zeros(blob.shape, np.uint8)
+    top = np.zeros(len(labels) + 1)
+    for i in range(n):
+        top[labels[root(i)]] = max(top[labels[root(i)]], depth[i])
+    parts = []
+    for k in range(1, len(labels) + 1):
+        if top[k] < min_part_core:  # a weed's fork or a lobe, not a leaf of its own
             continue
-        if relief is None:
-            relief = cv2.cvtColor((255 - cv2.normalize(dist, None, 0, 255, cv2.NORM_MINMAX)).astype(np.uint8),
-                                  cv2.COLOR_GRAY2BGR)
-        markers = cores.astype(np.int32)
-        markers[blob == 0] = n  # the outside is a basin of its own
-        cv2.watershed(relief, markers)
-        parts = [cv2.findContours((markers == k).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
-                 for k in range(1, n)]
-        parts = [max(p, key=cv2.contourArea) for p in parts if p]
-        if len(parts) > max(1, len(best)) and all(cv2.contourArea(p) >= min_part for p in parts):
-            best = parts
-    return best or list(cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0])
+        markers[:] = 0
+        markers[py[owner == k], px[owner == k]] = 1
+        found = cv2.findContours(markers, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+        if found:
+            parts.append(max(found, key=cv2.contourArea))
+    parts = [p for p in parts if cv2.contourArea(p) >= min_part]  # a sliver at the picture's edge is no leaf
+    return parts or whole
 
 
 class LeafLocalizer:
@@ -233,7 +287,9 @@ class LeafLocalizer:
                 continue  # thin all over: grass blades, stalks, a tuft of seedlings
             parts = [c]
             if area > 2 * lo and area < cfg.split_solidity * cv2.contourArea(cv2.convexHull(c)):
-                parts = [p + (x - 1, y - 1) for p in _split_touching(blob, cfg.split_ratios, lo)]
+                parts = [p + (x - 1, y - 1) for p in _split_touching(
+                    blob, saddle=cfg.split_saddle, nms_px=cfg.peak_px, floor=cfg.peak_floor,
+                    min_core_px=cfg.min_core_px, min_part=cfg.part_area * lo, min_part_core=cfg.part_core_px)]
             for p in parts:
                 a = cv2.contourArea(p)
                 if lo <= a <= hi and a >= cfg.min_solidity * cv2.contourArea(cv2.convexHull(p)):
