@@ -7,8 +7,9 @@ millisecond): an opening first removes specks, grass blades and thin weeds narro
 than ``open_px``; a closing then bridges lesions that cut a leaf; blobs are filled
 (brown lesions stay inside their leaf) and kept when their area, solidity and green
 fill (the share of the blob that is really vegetation, which rejects welded specks)
-look like a leaf. Touching leaves are split at their neck with a distance transform
-and a watershed. Boxes come back in full-frame pixels; masks are drawn only when asked.
+look like a leaf. Touching and overlapping leaves are cut at their necks: each leaf is a
+hill of the blob's distance map, and each pixel goes to the nearest hilltop. Boxes come
+back in full-frame pixels; masks are drawn only when asked.
 
 Every candidate still goes through the classifier (its ``background`` class and
 out-of-distribution gate) before it counts as a plant: colour cannot tell a crop leaf
@@ -16,6 +17,7 @@ from a weed of the same size.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -144,22 +146,27 @@ def _shrink(frame: np.ndarray, width: int) -> np.ndarray:
     return frame
 
 
+@functools.lru_cache(maxsize=16)
 def _ellipse(px: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (px, px))
 
 
 def _leaf_peaks(dist: np.ndarray, nms_px: int, floor: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Local maxima of a distance map (at least ``nms_px`` apart, at least ``floor`` deep), deepest first."""
+    """Local maxima of a distance map (the deepest within ``nms_px``, at least ``floor`` deep), one per plateau.
+
+    Empty when there is only one: the caller has nothing to split.
+    """
     k = 2 * nms_px + 1
-    ys, xs = np.nonzero((dist >= cv2.dilate(dist, _ellipse(k))) & (dist >= floor))
+    tops = ((dist >= cv2.dilate(dist, _ellipse(k))) & (dist >= floor)).astype(np.uint8)
+    count, plateau = cv2.connectedComponents(tops, connectivity=8)
+    if count <= 2:  # one top (most blobs are one leaf): no split to try
+        return np.empty(0, np.intp), np.empty(0, np.intp), np.empty(0, np.float32)
+    ys, xs = np.nonzero(tops)
     depth = dist[ys, xs]
-    order = np.argsort(-depth, kind="stable")
-    ys, xs, depth = ys[order], xs[order], depth[order]
-    keep: list[int] = []  # a plateau gives several equal maxima side by side: keep the first
-    for i in range(len(ys)):
-        if all((ys[i] - ys[j]) ** 2 + (xs[i] - xs[j]) ** 2 > nms_px**2 for j in keep):
-            keep.append(i)
-    return ys[keep], xs[keep], depth[keep]
+    order = np.lexsort((-depth, plateau[ys, xs]))  # by plateau, deepest first
+    _, first = np.unique(plateau[ys, xs][order], return_index=True)
+    pick = order[first]
+    return ys[pick], xs[pick], depth[pick]
 
 
 def _split_touching(blob: np.ndarray, *, saddle: float, nms_px: int, floor: float, min_core_px: float,
@@ -174,32 +181,37 @@ def _split_touching(blob: np.ndarray, *, saddle: float, nms_px: int, floor: floa
     A part must stand as a leaf on its own: ``min_part`` pixels and ``min_part_core`` deep
     (crossing weed blades fork into small shallow parts beside a leaf).
     """
-    whole = list(cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0])
+    def whole() -> list[np.ndarray]:
+        return list(cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0])
+
     dist = cv2.distanceTransform(blob, cv2.DIST_L2, 3)
     ys, xs, depth = _leaf_peaks(dist, nms_px, max(min_core_px, floor * float(dist.max())))
     n = len(ys)
     if n < 2:
-        return whole
+        return whole()
+    # one leaf's tops are no further apart than a few of its depths; test those pairs all at once
+    pa, pb = np.triu_indices(n, 1)
+    gap = np.hypot(ys[pa] - ys[pb], xs[pa] - xs[pb])
+    near = gap <= 4 * np.maximum(depth[pa], depth[pb])
+    pa, pb, gap = pa[near], pb[near], gap[near]
+    t = np.linspace(0.0, 1.0, int(gap.max(initial=0)) + 2)[None, :]
+    line = dist[np.rint(ys[pa, None] + t * (ys[pb] - ys[pa])[:, None]).astype(np.intp),
+                np.rint(xs[pa, None] + t * (xs[pb] - xs[pa])[:, None]).astype(np.intp)]
+    # no neck between them: one leaf; tops within nms_px are one too (equal maxima a pixel or two apart)
+    joined = (line.min(axis=1) >= saddle * np.minimum(depth[pa], depth[pb])) | (gap <= nms_px)
     group = list(range(n))
 
-    def root(i: int) -> int:
-        while group[i] != i:
-            group[i] = group[group[i]]
-            i = group[i]
-        return i
+    def root(k: int) -> int:
+        while group[k] != k:
+            group[k] = group[group[k]]
+            k = group[k]
+        return k
 
-    for i in range(n):
-        for j in range(i + 1, n):
-            gap = float(np.hypot(ys[i] - ys[j], xs[i] - xs[j]))
-            if gap > 4 * max(depth[i], depth[j]) or root(i) == root(j):
-                continue  # too far apart to be one leaf, or already joined through another top
-            t = np.linspace(0.0, 1.0, int(gap) + 2)
-            line = dist[np.rint(ys[i] + t * (ys[j] - ys[i])).astype(int), np.rint(xs[i] + t * (xs[j] - xs[i])).astype(int)]
-            if line.min() >= saddle * min(depth[i], depth[j]):
-                group[root(j)] = root(i)
+    for a, b in zip(pa[joined].tolist(), pb[joined].tolist()):
+        group[root(b)] = root(a)
     labels = {r: k for k, r in enumerate(sorted({root(i) for i in range(n)}), start=1)}
     if len(labels) < 2:
-        return whole
+        return whole()
     # Each pixel goes to the top nearest it in the power sense (distance^2 - depth^2): the cut between
     # a big leaf and a small one moves toward the small one, near the neck. (A watershed on the
     # distance map leaked along the blob's rim, whose pixels all lie at the same depth.)
@@ -220,7 +232,7 @@ def _split_touching(blob: np.ndarray, *, saddle: float, nms_px: int, floor: floa
         if found:
             parts.append(max(found, key=cv2.contourArea))
     parts = [p for p in parts if cv2.contourArea(p) >= min_part]  # a sliver at the picture's edge is no leaf
-    return parts or whole
+    return parts or whole()
 
 
 class LeafLocalizer:
