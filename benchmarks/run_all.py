@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, tuple[str, list[str]]] = {
     "study": ("_bench_study.md", [PY, "-m", "leafscout", "study", "bn", "--out", "bench_out/bn_study", "--no-progress"]),
     "robot": ("_bench_robot.md", [PY, "benchmarks/replay_bench.py", "--rows", "6", "--out", "bench_out/robot",
                                   "--condition-seeds", "1"]),
+    "boxes": ("_bench_boxes.md", [PY, "benchmarks/box_bench.py", "--compare", "b20c375"]),
     "telemetry": ("_bench_telemetry.md", [PY, "benchmarks/telemetry_bench.py", "--out", "bench_out/telemetry.json"]),
     "dashboard": ("_bench_dashboard.md", [PY, "benchmarks/dashboard_bench.py", "--md", "docs/_bench_dashboard.md"]),
     "dashboard-pg": ("_bench_dashboard_pg.md", [PY, "benchmarks/dashboard_bench.py", "--postgres",
