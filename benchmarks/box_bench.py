@@ -29,16 +29,6 @@ SHARED = REPO.parent / "shared" / "data"
 IOU = 0.5
 
 
-def yolo_boxes(label: Path, w: int, h: int) -> list[tuple[float, float, float, float]]:
-    boxes = []
-    for line in label.read_text().splitlines() if label.is_file() else []:
-        v = line.split()
-        if len(v) >= 5:
-            cx, cy, bw, bh = map(float, v[1:5])
-            boxes.append(((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h))
-    return boxes
-
-
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if not len(a) or not len(b):
         return np.zeros((len(a), len(b)))
@@ -63,19 +53,22 @@ def matched(truth: list, found: list) -> int:
     return n
 
 
-def photo_sets(shared: Path, split: Path) -> dict[str, list[tuple[Path, Path]]]:
-    """name -> [(image, YOLO label)] of the held-out photos."""
-    sets: dict[str, list[tuple[Path, Path]]] = {}
+def photo_sets(shared: Path, split: Path) -> dict[str, list[tuple[Path, list]]]:
+    """name -> [(image, normalised boxes)] of the held-out photos (read as training reads box folders)."""
+    from leafscout.training.sources import scan_box_folder
+
+    sets: dict[str, list[tuple[Path, list]]] = {}
     pd = shared / "plantdoc"
     if pd.is_dir() and split.is_file():
         doc = json.loads(gzip.open(split).read())
         src = next(i for i, s in enumerate(doc["sources"]) if s["name"] == "plantdoc")
-        names = sorted({Path(it["path"]).name for it in doc["items"] if it["source"] == src and it["split"] == "test"})
-        sets["plantdoc test photos"] = [(pd / "images" / n, pd / "labels" / (Path(n).stem + ".txt")) for n in names]
+        names = {Path(it["path"]).name for it in doc["items"] if it["source"] == src and it["split"] == "test"}
+        sets["plantdoc test photos"] = [(img, [b for _, b in boxes]) for img, boxes in scan_box_folder(pd).photos
+                                        if img.name in names]
     cw = shared / "cwfid"
     if cw.is_dir():
-        images = sorted(p for p in (cw / "images").glob("*_image.jpg") if int(p.name[:3]) % 2 == 1)
-        sets["cwfid held-out images"] = [(p, cw / "labels" / (p.stem + ".txt")) for p in images]
+        sets["cwfid held-out images"] = [(img, [b for _, b in boxes]) for img, boxes in scan_box_folder(cw).photos
+                                         if int(img.name[:3]) % 2 == 1]
     return sets
 
 
@@ -98,16 +91,15 @@ def localizer_of(rev: str | None):
     return module.LeafLocalizer
 
 
-def score(localizer, photos: list[tuple[Path, Path]]) -> dict:
+def score(localizer, photos: list[tuple[Path, list]]) -> dict:
     truth = found = hits = images = 0
     t0 = time.process_time()
-    for image_path, label in photos:
+    for image_path, normalised in photos:
         image = cv2.imread(str(image_path))
-        if image is None:
+        if image is None or not normalised:
             continue
-        boxes = yolo_boxes(label, image.shape[1], image.shape[0])
-        if not boxes:
-            continue
+        h, w = image.shape[:2]
+        boxes = [(x0 * w, y0 * h, x1 * w, y1 * h) for x0, y0, x1, y1 in normalised]
         dets = [d.box for d in localizer(image)]
         images += 1
         truth += len(boxes)

@@ -25,6 +25,7 @@ def test_a_cwfid_like_folder_is_scored_end_to_end(tmp_path: Path) -> None:
     cw = tmp_path / "cwfid"
     (cw / "images").mkdir(parents=True)
     (cw / "labels").mkdir()
+    (cw / "classes.txt").write_text("crop\nweed\n")
     rng = np.random.default_rng(0)
     frame = np.clip(rng.normal((40, 56, 98), 6, (480, 640, 3)), 0, 255).astype(np.uint8)  # brown soil
     leaves = [(160, 160), (480, 160), (320, 360)]
@@ -35,6 +36,7 @@ def test_a_cwfid_like_folder_is_scored_end_to_end(tmp_path: Path) -> None:
     labels.append(f"1 {560 / 640:.6f} {420 / 480:.6f} {40 / 640:.6f} {40 / 480:.6f}")  # a weed nobody drew
     (cw / "labels" / "001_image.txt").write_text("\n".join(labels) + "\n")
     (cw / "images" / "002_image.jpg").write_bytes((cw / "images" / "001_image.jpg").read_bytes())  # even: tuning
+    (cw / "labels" / "002_image.txt").write_text(labels[0] + "\n")
     out, md = tmp_path / "boxes.json", tmp_path / "boxes.md"
     assert box_bench.main(["--data", str(tmp_path), "--json", str(out), "--md", str(md)]) == 0
     r = json.loads(out.read_text())["sets"]["cwfid held-out images"]["now"]
