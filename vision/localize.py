@@ -209,26 +209,23 @@ def _split_touching(blob: np.ndarray, *, saddle: float, nms_px: int, floor: floa
 
     for a, b in zip(pa[joined].tolist(), pb[joined].tolist()):
         group[root(b)] = root(a)
-    labels = {r: k for k, r in enumerate(sorted({root(i) for i in range(n)}), start=1)}
-    if len(labels) < 2:
+    _, leaf = np.unique([root(i) for i in range(n)], return_inverse=True)  # each top's leaf, 0..leaves-1
+    if leaf.max() == 0:
         return whole()
     # Each pixel goes to the top nearest it in the power sense (distance^2 - depth^2): the cut between
     # a big leaf and a small one moves toward the small one, near the neck. (A watershed on the
     # distance map leaked along the blob's rim, whose pixels all lie at the same depth.)
     py, px = np.nonzero(blob)
     power = (py[:, None] - ys[None, :]) ** 2 + (px[:, None] - xs[None, :]) ** 2 - depth[None, :].astype(np.float64) ** 2
-    owner = np.array([labels[root(i)] for i in range(n)])[np.argmin(power, axis=1)]
-    markers = np.zeros(blob.shape, np.uint8)
-    top = np.zeros(len(labels) + 1)
-    for i in range(n):
-        top[labels[root(i)]] = max(top[labels[root(i)]], depth[i])
+    owner = leaf[np.argmin(power, axis=1)]
+    deepest = np.zeros(leaf.max() + 1)
+    np.maximum.at(deepest, leaf, depth)
+    part = np.zeros(blob.shape, np.uint8)
     parts = []
-    for k in range(1, len(labels) + 1):
-        if top[k] < min_part_core:  # a weed's fork or a lobe, not a leaf of its own
-            continue
-        markers[:] = 0
-        markers[py[owner == k], px[owner == k]] = 1
-        found = cv2.findContours(markers, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+    for k in np.flatnonzero(deepest >= min_part_core):  # shallower: a weed's fork or a lobe, not a leaf of its own
+        part[:] = 0
+        part[py[owner == k], px[owner == k]] = 1
+        found = cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
         if found:
             parts.append(max(found, key=cv2.contourArea))
     parts = [p for p in parts if cv2.contourArea(p) >= min_part]  # a sliver at the picture's edge is no leaf
