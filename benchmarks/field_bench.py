@@ -148,12 +148,25 @@ def markdown(result: dict, bench_cmd: str) -> str:
     neg = ev.get("negatives", {})
     lines += ["", f"Negatives: {neg.get('n')} crops, decided {neg.get('called')}.",
               f"Calibration (fitted on the field validation part of {', '.join(cal.get('fit_sources', []))}): "
-              f"T = {cal.get('temperature', 0):.3f} (chosen by {cal.get('temperature_objective', 'nll')}), ECE "
+              f"T = {cal.get('temperature', 0):.3f}{_background_t(cal)} (chosen by "
+              f"{cal.get('temperature_objective', 'nll')}), ECE "
               f"{_pct(cal.get('ece_before'))} -> {_pct(cal.get('ece_after'))} on {cal.get('n_fit')} validation crops "
               f"(2-fold cross-fitted by photo: {_pct(cal.get('ece_cross_fitted'))}; at the NLL temperature "
-              f"{cal.get('temperature_nll', cal.get('temperature', 0)):.3f}: {_pct(cal.get('ece_at_nll_temperature'))}); "
-              f"validation {cal.get('val')}."]
+              f"{cal.get('temperature_nll', cal.get('temperature', 0)):.3f}: {_pct(cal.get('ece_at_nll_temperature'))}"
+              f"{_single_t(cal)}); validation {cal.get('val')}."]
     return "\n".join(lines) + "\n"
+
+
+def _background_t(cal: dict) -> str:
+    t = cal.get("background_temperature")
+    return "" if t is None else f" on crops whose best class is a plant and {t:.3f} on those whose best class is background"
+
+
+def _single_t(cal: dict) -> str:
+    if cal.get("temperature_single") is None:
+        return ""
+    return (f"; one temperature for all, {cal['temperature_single']:.3f}: {_pct(cal.get('ece_single_temperature'))}, "
+            f"cross-fitted {_pct(cal.get('ece_cross_fitted_single_temperature'))}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ import numpy as np
 from leafscout.training.checkpoint import checkpoint_preprocess, file_sha256, leafscout_version, load_checkpoint
 from leafscout.training.metrics import classification_metrics, health_metrics
 from leafscout.vision import count_macs, count_params
-from leafscout.vision.bundle import FORMAT, FP32_NAME, INT8_NAME, SELFTEST_NAME, load_bundle, softmax
+from leafscout.vision.bundle import FORMAT, FP32_NAME, INT8_NAME, SELFTEST_NAME, calibrated_probs, load_bundle
 from leafscout.vision.taxonomy import Taxonomy
 
 from .data import BUNDLE_SPLIT_NAME, load_images, pick_calibration, resolve_split, split_beside, write_bundle_split
@@ -59,10 +59,10 @@ def _versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__}
 
 
-def _metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str], temperature: float,
+def _metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str],
              calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     """Class metrics, plus the robot's health decisions for a model that decides on health."""
-    probs = softmax(logits, temperature)
+    probs = calibrated_probs(logits, calibration, Taxonomy.from_names(classes).background_index)
     m = classification_metrics(labels, probs, classes)
     cal = calibration or {}
     if cal.get("decide_on") == "health":
@@ -74,7 +74,7 @@ def _metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str], tempera
 
 
 def _per_source(logits: np.ndarray, labels: np.ndarray, sources: np.ndarray, names: list[str], classes: list[str],
-                temperature: float, calibration: dict[str, Any] | None) -> dict[str, Any]:
+                calibration: dict[str, Any] | None) -> dict[str, Any]:
     """Headline metrics per source of the split (only when there are several)."""
     if len(names) < 2:
         return {}
@@ -84,7 +84,7 @@ def _per_source(logits: np.ndarray, labels: np.ndarray, sources: np.ndarray, nam
     for i, name in enumerate(names):
         sel = sources == i
         if sel.any():
-            m = _metrics(logits[sel], labels[sel], classes, temperature, calibration)
+            m = _metrics(logits[sel], labels[sel], classes, calibration)
             out[name] = {k: m[k] for k in keep if k in m}
     return out
 
@@ -200,7 +200,6 @@ def export_bundle(
         raise BundleExistsError(f"{out} already exists; pass --force to replace it")
     model, ckpt = load_checkpoint(checkpoint)
     spec, classes = checkpoint_preprocess(ckpt), list(ckpt["classes"])
-    temperature = float((ckpt.get("calibration") or {}).get("temperature") or 1.0)
     split_path = split_beside(checkpoint)
     data_split = resolve_split(split_path, data=data, expected_sha256=ckpt.get("split_manifest_sha256"), classes=classes)
     eval_samples = data_split.samples(split)
@@ -232,10 +231,10 @@ def export_bundle(
                         "calibration_split": "train", "calibrate_method": calibration_method,
                         "calibration_images": calibration_images if int8 else 0,
                         "gate": None if gate is None else gate.to_json()}
-        metrics = {"fp32": _metrics(fp32, y, classes, temperature, calibration),
-                   "int8": None if int8_logits is None else _metrics(int8_logits, y, classes, temperature, calibration)}
+        metrics = {"fp32": _metrics(fp32, y, classes, calibration),
+                   "int8": None if int8_logits is None else _metrics(int8_logits, y, classes, calibration)}
         shipped = fp32 if int8_logits is None else int8_logits
-        per_source = _per_source(shipped, y, sources, data_split.source_names(), classes, temperature, calibration)
+        per_source = _per_source(shipped, y, sources, data_split.source_names(), classes, calibration)
         if per_source:
             metrics["per_source"] = per_source
             metrics["per_source_model"] = FP32_NAME if int8_logits is None else INT8_NAME

@@ -24,7 +24,7 @@ from leafscout.training.data import ImageReadError, Sample, sample_image
 from leafscout.training.metrics import classification_metrics, health_metrics
 from leafscout.training.sources import IMAGE_SUFFIXES, is_box_folder, scan_sources
 from leafscout.training.split import Split
-from leafscout.vision.bundle import softmax
+from leafscout.vision.bundle import calibrated_probs
 from leafscout.vision.preprocess import PreprocessSpec
 from leafscout.vision.taxonomy import BACKGROUND, Taxonomy
 
@@ -82,12 +82,12 @@ def _checkpoint_model(path: Path) -> Model:
     model, ckpt = load_checkpoint(path)
     model.eval()
     cal = ckpt.get("calibration") or {}
-    temperature = float(cal.get("temperature") or 1.0)
     classes = list(ckpt["classes"])
+    background = Taxonomy.from_names(classes).background_index
 
     @torch.inference_mode()
     def probs(x: np.ndarray) -> np.ndarray:
-        return softmax(model(torch.from_numpy(x)).float().numpy(), temperature)
+        return calibrated_probs(model(torch.from_numpy(x)).float().numpy(), cal, background)
 
     def split(data: Sequence[str | os.PathLike] | None) -> Split | None:
         if not (path.parent / "split.json").is_file():

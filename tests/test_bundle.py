@@ -121,7 +121,11 @@ def test_unknown_format_version(bundle: Path) -> None:
 
 
 @pytest.mark.parametrize("calibration, match", [({"temperature": 0, "abstain_below": None}, "temperature must be"),
-                                                ({"temperature": 1.2, "abstain_below": 1.5}, "abstain_below must be")])
+                                                ({"temperature": 1.2, "abstain_below": 1.5}, "abstain_below must be"),
+                                                ({"temperature": 1.2, "background_temperature": 0},
+                                                 "background_temperature must be a number > 0"),
+                                                ({"temperature": 1.2, "background_temperature": 0.5},
+                                                 "background_temperature but the bundle has no background class")])
 def test_bad_calibration_is_refused(bundle: Path, calibration: dict, match: str) -> None:
     _rewrite(bundle, calibration=calibration)
     with pytest.raises(BundleFormatError, match=match):
@@ -200,6 +204,35 @@ def test_docs_snippet_matches_bundle_probs(bundle: Path, tmp_path: Path) -> None
     want = b.classify([read_image(image)])[0]
     assert list(got) == b.classes
     assert np.allclose(list(got.values()), want, atol=1e-5)
+
+
+def test_docs_snippet_applies_the_background_temperature(bundle: Path, tmp_path: Path) -> None:
+    """A field bundle: crops whose best class is background are scaled by their own temperature."""
+    from leafscout.vision.taxonomy import BACKGROUND, Taxonomy
+
+    classes = _manifest(bundle)["classes"][:-1] + [BACKGROUND]
+    _rewrite(bundle, classes=classes, taxonomy=Taxonomy.from_names(classes).to_json(), background_class=BACKGROUND,
+             calibration={"temperature": 1.3, "abstain_below": None, "background_temperature": 0.4})
+    b = load_bundle(bundle, int8=False)
+    assert b.background_temperature == 0.4 and b.background_index == len(classes) - 1
+    picked: dict[bool, Path] = {}  # best class is background -> an image
+    for image in sorted(_data_dir(bundle).rglob("*.jpg")):
+        logits = b.logits(b.spec.apply_batch([read_image(image)]))[0]
+        picked.setdefault(bool(logits.argmax() == b.background_index), image)
+        if len(picked) == 2:
+            break
+    assert set(picked) == {True, False}, "the fixture's model should call some images background and some not"
+    script = tmp_path / "snippet.py"
+    script.write_text(_doc_snippet())
+    for is_background, image in picked.items():
+        out = subprocess.run([sys.executable, str(script), str(bundle), str(image)], capture_output=True, text=True,
+                             check=True, timeout=120)
+        got = np.array(list(json.loads(out.stdout).values()))
+        logits = b.logits(b.spec.apply_batch([read_image(image)]))[0]
+        t = 0.4 if is_background else 1.3
+        want = np.exp((logits - logits.max()) / t)
+        np.testing.assert_allclose(got, want / want.sum(), atol=1e-5)
+        np.testing.assert_allclose(got, b.classify([read_image(image)])[0], atol=1e-5)
 
 
 def test_bundle_module_imports_without_torch() -> None:

@@ -285,3 +285,50 @@ def test_cross_fitting_needs_two_folds_and_a_known_objective() -> None:
         cross_fitted_ece(logits, labels, np.zeros(200, int))
     with pytest.raises(CalibrationError, match="objective must be one of"):
         cross_fitted_ece(logits, labels, np.arange(200) % 2, objective="brier")
+
+
+def _field_sample(seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """Leaves over-confident (logits x 2 of a calibrated sample) and background rows under-confident
+    (the background logit raised by 2 on rows that are all background): the field model's two faults."""
+    logits, labels = _calibrated_sample(n=4000, c=6, seed=seed)
+    bg = 5
+    logits = 2.0 * logits
+    soil = np.random.default_rng(seed + 1).random(len(labels)) < 0.25
+    logits[soil, bg] = logits[soil].max(axis=1) + 2.0
+    labels = np.where(soil, bg, labels)
+    return logits, labels, bg
+
+
+def test_two_field_temperatures_beat_any_single_one_and_keep_the_best_class() -> None:
+    from leafscout.training.calibration import ECE_GRID, cross_fitted_ece, fit_field_temperatures
+    from leafscout.training.metrics import expected_calibration_error as ece
+
+    logits, labels, bg = _field_sample()
+    t, t_bg = fit_field_temperatures(logits, labels, bg)
+    assert t == pytest.approx(2.0, rel=0.15) and t_bg is not None and t_bg < 1.0  # leaves cooled, soil sharpened
+    two = softmax(logits, t, background_temperature=t_bg, background_index=bg)
+    assert (two.argmax(1) == logits.argmax(1)).all()
+    best_single = min(ece(labels, softmax(logits, float(s))) for s in ECE_GRID)
+    assert ece(labels, two) < 0.6 * best_single
+    folds = np.arange(len(labels)) % 2
+    assert cross_fitted_ece(logits, labels, folds, background_index=bg) < cross_fitted_ece(logits, labels, folds)
+
+
+def test_one_temperature_when_a_side_has_too_few_rows() -> None:
+    from leafscout.training.calibration import MIN_ROWS_PER_TEMPERATURE, fit_field_temperatures
+
+    logits, labels, bg = _field_sample()
+    keep = np.flatnonzero(logits.argmax(1) != bg)
+    keep = np.r_[keep, np.flatnonzero(logits.argmax(1) == bg)[: MIN_ROWS_PER_TEMPERATURE - 1]]
+    t, t_bg = fit_field_temperatures(logits[keep], labels[keep], bg)
+    assert t_bg is None and t == pytest.approx(2.0, rel=0.2)
+
+
+def test_softmax_uses_the_background_temperature_only_where_background_wins() -> None:
+    logits = np.array([[2.0, 0.0, 1.0], [0.0, 1.0, 3.0]], np.float32)  # best: class 0, then background (2)
+    p = softmax(logits, 2.0, background_temperature=0.5, background_index=2)
+    e0 = np.exp(np.array([1.0, 0.0, 0.5]) - 1.0)
+    e1 = np.exp(np.array([0.0, 2.0, 6.0]) - 6.0)
+    np.testing.assert_allclose(p[0], e0 / e0.sum(), rtol=1e-6)
+    np.testing.assert_allclose(p[1], e1 / e1.sum(), rtol=1e-6)
+    np.testing.assert_allclose(softmax(logits, 2.0, background_temperature=0.5), softmax(logits, 2.0))

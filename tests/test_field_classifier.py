@@ -275,6 +275,23 @@ def test_train_calibrate_export_and_eval_a_field_model(field_run: Path, tmp_path
     assert "/" not in manifest["provenance"]["checkpoint"]  # no absolute path of this machine
     bundle = load_bundle(tmp_path / "bundle")
     assert bundle.decides_health and bundle.background_index == len(bundle.classes) - 1
+    # The robot scales rows whose best class is background by their own temperature.
+    from leafscout.deploy.manifest import write_manifest
+
+    x = np.load(tmp_path / "bundle" / "selftest.npz")["inputs"]
+    logits = bundle.logits(x)
+    bg_t = 0.5
+    write_manifest(tmp_path / "bundle", {**manifest, "calibration": {**manifest["calibration"],
+                                                                     "background_temperature": bg_t}},
+                   extra_files=("split.json.gz", "selftest.npz"))
+    two = load_bundle(tmp_path / "bundle")
+    assert two.background_temperature == bg_t
+    probs, t = two.probs(x), float(manifest["calibration"]["temperature"])
+    for row, p in zip(logits, probs):
+        scale = bg_t if row.argmax() == two.background_index else t
+        z = np.exp(row / scale - (row / scale).max())
+        np.testing.assert_allclose(p, z / z.sum(), rtol=1e-5, atol=1e-7)
+    write_manifest(tmp_path / "bundle", manifest, extra_files=("split.json.gz", "selftest.npz"))
 
     negatives = tmp_path / "negatives"
     negatives.mkdir()
@@ -299,3 +316,17 @@ def test_train_calibrate_export_and_eval_a_field_model(field_run: Path, tmp_path
     assert main(["eval", str(field_run / "best.pt"), "--data", field]) == 0  # a checkpoint, text report
     out = capsys.readouterr().out
     assert "health accuracy" in out and "decides on health" in out
+
+
+def test_calibrate_cli_reports_the_field_temperatures(field_run: Path, tmp_path: Path, capsys) -> None:
+    from leafscout.cli import main
+    from leafscout.training.checkpoint import read_checkpoint
+
+    for name in ("best.pt", "split.json"):
+        shutil.copy(field_run / name, tmp_path / name)
+    assert main(["calibrate", str(tmp_path / "best.pt")]) == 0
+    out = capsys.readouterr().out
+    cal = read_checkpoint(tmp_path / "best.pt")["calibration"]
+    assert f"temperature      {cal['temperature']:.4f}" in out and "ECE (field val)" in out
+    assert ("background T" in out) == (cal["background_temperature"] is not None)
+    assert cal["ece_after"] <= cal["ece_single_temperature"] + 0.02  # the pair is fitted per side, not jointly

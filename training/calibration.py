@@ -34,6 +34,7 @@ __all__ = [
     "fit_temperature",
     "fit_temperature_ece",
     "cross_fitted_ece",
+    "fit_field_temperatures",
     "TEMPERATURE_OBJECTIVES",
     "softmax",
     "choose_abstain_threshold",
@@ -134,12 +135,38 @@ def _fit(objective: str, logits: np.ndarray, labels: np.ndarray, n_bins: int) ->
     return fit_temperature_ece(logits, labels, n_bins=n_bins) if objective == "ece" else fit_temperature(logits, labels)
 
 
+# Fewer rows than this on either side of the best-class split: one temperature for all rows.
+MIN_ROWS_PER_TEMPERATURE = 20
+
+
+def fit_field_temperatures(logits: np.ndarray, labels: np.ndarray, background_index: int, objective: str = "ece",
+                           n_bins: int = 15) -> tuple[float, float | None]:
+    """(T for rows whose best class is a plant, T for rows whose best class is background).
+
+    A field model is over-confident on leaves (about half right at 50% confidence) and
+    under-confident on soil and weed windows (nearly all right at 85%); one temperature only
+    trades one against the other. Each T is fitted on its own rows; both keep every row's
+    best class, so the robot applies them the same way (``vision.bundle.softmax``). Both stay
+    within the ECE grid's bounds: rows that are nearly all right would drive NLL's T to 0.
+    With too few rows on a side, one temperature for all (the second is None).
+    """
+    logits, labels = _check_scores(logits, labels)
+    best_bg = logits.argmax(axis=1) == background_index
+    lo, hi = float(ECE_GRID[0]), float(ECE_GRID[-1])
+    if min(best_bg.sum(), (~best_bg).sum()) < MIN_ROWS_PER_TEMPERATURE:
+        return float(np.clip(_fit(objective, logits, labels, n_bins), lo, hi)), None
+    plant = _fit(objective, logits[~best_bg], labels[~best_bg], n_bins)
+    background = _fit(objective, logits[best_bg], labels[best_bg], n_bins)
+    return float(np.clip(plant, lo, hi)), float(np.clip(background, lo, hi))
+
+
 def cross_fitted_ece(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray, objective: str = "ece",
-                     n_bins: int = 15) -> float:
+                     n_bins: int = 15, *, background_index: int | None = None) -> float:
     """ECE of temperatures each fitted on the other folds and applied to the held-out one.
 
     A temperature chosen to minimise ECE on the very samples it is scored on flatters
-    itself; this is the ECE to expect on new data of the same kind.
+    itself; this is the ECE to expect on new data of the same kind. With ``background_index``
+    the temperatures are ``fit_field_temperatures``'s pair, as ``calibrate_field`` fits them.
     """
     from .metrics import expected_calibration_error
 
@@ -150,7 +177,11 @@ def cross_fitted_ece(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray, 
     cal = np.empty_like(logits)
     for k in np.unique(folds):
         held = folds == k
-        cal[held] = softmax(logits[held], _fit(objective, logits[~held], labels[~held], n_bins))
+        if background_index is None:
+            cal[held] = softmax(logits[held], _fit(objective, logits[~held], labels[~held], n_bins))
+        else:
+            t, t_bg = fit_field_temperatures(logits[~held], labels[~held], background_index, objective, n_bins)
+            cal[held] = softmax(logits[held], t, background_temperature=t_bg, background_index=background_index)
     return expected_calibration_error(labels, cal, n_bins)
 
 
@@ -447,7 +478,8 @@ def calibrate_field(
     """Calibrate a model with a ``background`` class on the *field* validation data.
 
     Fitted only on the validation part of the split's box sources (leaves and
-    background in real surroundings): temperature (lowest ECE, or NLL), the health abstain threshold
+    background in real surroundings): the temperatures (``fit_field_temperatures``: lowest ECE,
+    or NLL), the health abstain threshold
     (``choose_health_threshold``) and the out-of-distribution floor on the best class
     probability, chosen on the validation negatives (``choose_ood_threshold``). The test
     part is never looked at here. Writes the block into the checkpoint and returns it.
@@ -478,13 +510,14 @@ def calibrate_field(
     field = [s for s, n in zip(field, noisy) if not n]
     y, probs = predict_probs(model, checkpoint_preprocess(ckpt), field)
     logits = _log_probs(probs)
-    t = _fit(temperature_objective, logits, y, n_bins)
-    t_nll = fit_temperature(logits, y)
-    cal = softmax(logits, t)
-    # Two folds by photo (a photo's leaves and windows stay together) for an honest ECE.
-    folds = np.array([zlib.crc32(s.group.encode()) % 2 for s in field])
     taxonomy = Taxonomy.from_names(classes)
     bg = taxonomy.background_index
+    t, t_bg = fit_field_temperatures(logits, y, bg, temperature_objective, n_bins)
+    t_single = _fit(temperature_objective, logits, y, n_bins)  # evidence: what one temperature would give
+    t_nll = fit_temperature(logits, y)
+    cal = softmax(logits, t, background_temperature=t_bg, background_index=bg)
+    # Two folds by photo (a photo's leaves and windows stay together) for an honest ECE.
+    folds = np.array([zlib.crc32(s.group.encode()) % 2 for s in field])
     leaf = y != bg
     true_g = taxonomy.group_masks()[:, y].argmax(axis=0)  # each label's group index
     weight = choose_diseased_weight(cal[leaf], true_g[leaf], taxonomy)
@@ -500,6 +533,7 @@ def calibrate_field(
     after = health_metrics(y, cal, taxonomy, abstain_below=threshold, ood_below=ood, diseased_weight=weight)
     result: dict[str, Any] = {
         "temperature": t,
+        "background_temperature": t_bg,
         "abstain_below": threshold,
         "ood_below": ood,
         "ood_score": "max_probability",
@@ -515,7 +549,10 @@ def calibrate_field(
         "temperature_objective": temperature_objective,
         "temperature_nll": t_nll,
         "ece_at_nll_temperature": expected_calibration_error(y, softmax(logits, t_nll), n_bins),
-        "ece_cross_fitted": cross_fitted_ece(logits, y, folds, temperature_objective, n_bins),
+        "ece_cross_fitted": cross_fitted_ece(logits, y, folds, temperature_objective, n_bins, background_index=bg),
+        "temperature_single": t_single,
+        "ece_single_temperature": expected_calibration_error(y, softmax(logits, t_single), n_bins),
+        "ece_cross_fitted_single_temperature": cross_fitted_ece(logits, y, folds, temperature_objective, n_bins),
         "cross_fit_folds": "2, by photo",
         "target_health_accuracy": target_health_accuracy,
         "min_coverage": min_coverage,
@@ -525,10 +562,12 @@ def calibrate_field(
                                       "background_called_plant")},
     }
     plot_reliability([("field val, before (T = 1)", reliability_bins(probs, y, n_bins)),
-                      (f"field val, after (T = {t:.2f})", reliability_bins(cal, y, n_bins))],
+                      (f"field val, after (T = {t:.2f}" + ("" if t_bg is None else f", background {t_bg:.2f}") + ")",
+                       reliability_bins(cal, y, n_bins))],
                      ckpt_path.with_name("reliability.png"), title=f"{ckpt_path.name}: temperature scaling on field data")
     _rewrite_calibration(ckpt_path, result)
-    log.info("%s: T = %.3f (%s), field-val ECE %.2f%% -> %.2f%% (2-fold cross-fitted %.2f%%); health abstain "
-             "below %.3f, OOD below %.3f: %s", ckpt_path, t, temperature_objective, 100 * result["ece_before"],
+    log.info("%s: T = %.3f, background T = %s (%s), field-val ECE %.2f%% -> %.2f%% (2-fold cross-fitted %.2f%%); "
+             "health abstain below %.3f, OOD below %.3f: %s", ckpt_path, t, t_bg, temperature_objective,
+             100 * result["ece_before"],
              100 * result["ece_after"], 100 * result["ece_cross_fitted"], threshold, ood, result["val"])
     return result

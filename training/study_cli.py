@@ -165,7 +165,12 @@ def _calibrate_field(args: argparse.Namespace) -> int:
         return 0
     v = result["val"]
     pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-    print(f"temperature      {result['temperature']:.4f}  (fitted on field validation: {', '.join(result['fit_sources'])})")
+    print(f"temperature      {result['temperature']:.4f}  (fitted on field validation: {', '.join(result['fit_sources'])}"
+          + ("" if result["background_temperature"] is None else "; crops whose best class is a plant") + ")")
+    if result["background_temperature"] is not None:
+        print(f"background T     {result['background_temperature']:.4f}  (crops whose best class is background; one "
+              f"temperature for all would give ECE {100 * result['ece_single_temperature']:.2f}%, cross-fitted "
+              f"{100 * result['ece_cross_fitted_single_temperature']:.2f}%)")
     print(f"ECE (field val)  {100 * result['ece_before']:.2f}% -> {100 * result['ece_after']:.2f}%  (T chosen by "
           f"{result['temperature_objective']}; 2-fold cross-fitted by photo: {100 * result['ece_cross_fitted']:.2f}%)")
     print(f"abstain_below    {result['abstain_below']:.4f}  (health; val coverage {pct(v['coverage'])}, health accuracy "

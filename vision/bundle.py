@@ -33,6 +33,7 @@ __all__ = [
     "METADATA_KEY",
     "PUBLIC_KEY_ENV",
     "Bundle",
+    "calibrated_probs",
     "BundleError",
     "BundleMissingFile",
     "BundleHashMismatch",
@@ -115,12 +116,34 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits.astype(np.float32) / np.float32(temperature)
+def softmax(logits: np.ndarray, temperature: float = 1.0, *, background_temperature: float | None = None,
+            background_index: int | None = None) -> np.ndarray:
+    """softmax(logits / T); rows whose best class is ``background_index`` use ``background_temperature``.
+
+    Why two: a field model is over-confident on leaves and under-confident on soil and weeds,
+    and one temperature can only trade one against the other. Either temperature keeps each
+    row's best class, so the split by best class is the same before and after scaling.
+    """
+    z = logits.astype(np.float32)
+    if background_temperature is not None and background_index is not None:
+        t = np.where(z.argmax(axis=-1) == background_index, np.float32(background_temperature),
+                     np.float32(temperature))
+        z = z / t[..., None]
+    else:
+        z = z / np.float32(temperature)
     z -= z.max(axis=-1, keepdims=True)
     np.exp(z, out=z)
     z /= z.sum(axis=-1, keepdims=True)
     return z
+
+
+def calibrated_probs(logits: np.ndarray, calibration: dict[str, Any] | None,
+                     background_index: int | None) -> np.ndarray:
+    """The robot's probabilities from a ``calibration`` block (one rule for bundles, checkpoints and export)."""
+    cal = calibration or {}
+    bg_t = cal.get("background_temperature")
+    return softmax(logits, float(cal.get("temperature") or 1.0),
+                   background_temperature=None if bg_t is None else float(bg_t), background_index=background_index)
 
 
 def _bundle_dir(path: str | os.PathLike) -> Path:
@@ -286,6 +309,11 @@ class Bundle:
         if below is not None and not (isinstance(below, (int, float)) and 0.0 <= below <= 1.0):
             raise BundleFormatError(f"{path}: calibration abstain_below must be in [0, 1] or null, got {below!r}")
         self.temperature = 1.0 if temperature is None else float(temperature)
+        bg_t = calibration.get("background_temperature")
+        if bg_t is not None and not (isinstance(bg_t, (int, float)) and bg_t > 0):
+            raise BundleFormatError(f"{path}: calibration background_temperature must be a number > 0 or null, "
+                                    f"got {bg_t!r}")
+        self.background_temperature: float | None = None if bg_t is None else float(bg_t)
         self.abstain_below: float | None = None if below is None else float(below)
         ood, decide_on = calibration.get("ood_below"), calibration.get("decide_on", "class")
         if ood is not None and not (isinstance(ood, (int, float)) and 0.0 <= ood <= 1.0):
@@ -308,6 +336,9 @@ class Bundle:
         # After the class-count check: a model with the wrong head is that error, not a taxonomy one.
         self.taxonomy, self.background_class = self._read_taxonomy(path, manifest)
         self.background_index: int | None = self.taxonomy.background_index
+        if self.background_temperature is not None and self.background_index is None:
+            raise BundleFormatError(f"{path}: calibration has a background_temperature but the bundle has no "
+                                    "background class")
 
     @staticmethod
     def _read_taxonomy(path: Path, manifest: dict[str, Any]) -> tuple[Taxonomy, str | None]:
@@ -368,8 +399,9 @@ class Bundle:
         return self._run(np.ascontiguousarray(batch, dtype=np.float32))
 
     def probs(self, batch: np.ndarray) -> np.ndarray:
-        """Calibrated class probabilities: softmax(logits / temperature)."""
-        return softmax(self.logits(batch), self.temperature)
+        """Calibrated class probabilities: softmax(logits / temperature), see ``softmax``."""
+        return softmax(self.logits(batch), self.temperature, background_temperature=self.background_temperature,
+                       background_index=self.background_index)
 
     def self_test(self) -> SelfTestResult:
         """Run the stored sample inputs and compare with the logits export recorded for this model file."""
