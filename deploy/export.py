@@ -152,11 +152,20 @@ def _manifest(
 
 
 SELFTEST_SAMPLES = 16
+# Inputs are stored as float32, so their share of the bundle grows with the input's area: the
+# pixel budget of 16 inputs at 96x96 keeps selftest.npz (~0.5 MB) the same size at any input size.
+SELFTEST_PIXELS = SELFTEST_SAMPLES * 96 * 96
+SELFTEST_MIN_SAMPLES = 4
+
+
+def selftest_samples(size: tuple[int, int]) -> int:
+    """How many inputs the self-test keeps for models of input ``size`` (H, W)."""
+    return max(SELFTEST_MIN_SAMPLES, min(SELFTEST_SAMPLES, SELFTEST_PIXELS // (size[0] * size[1])))
 
 
 def _write_selftest(path: Path, x: np.ndarray, fp32: np.ndarray, int8: np.ndarray | None) -> None:
     """A few evaluation inputs (spread over the set) and the logits each model gave them."""
-    idx = np.linspace(0, len(x) - 1, min(SELFTEST_SAMPLES, len(x))).round().astype(int)
+    idx = np.linspace(0, len(x) - 1, min(selftest_samples(x.shape[2:]), len(x))).round().astype(int)
     arrays = {"inputs": x[idx].astype(np.float32), "fp32_logits": fp32[idx].astype(np.float32)}
     if int8 is not None:
         arrays["int8_logits"] = int8[idx].astype(np.float32)

@@ -14,7 +14,7 @@ import torch
 from leafscout.deploy.data import SPLIT_MANIFEST_NAME, load_images
 from leafscout.deploy.errors import BundleExistsError, DeployDataError, ParityError
 from leafscout.deploy.evaluate import evaluate_bundle
-from leafscout.deploy.export import export_bundle
+from leafscout.deploy.export import export_bundle, selftest_samples
 from leafscout.deploy.fold import FoldError
 from leafscout.deploy.onnx_export import op_counts
 from leafscout.deploy.testing import make_tiny_run
@@ -75,6 +75,12 @@ def test_manifest_is_complete(run: Path, bundle: Path) -> None:
     assert prov["created"] and prov["versions"]["leafscout"]
     embedded = json.loads({p.key: p.value for p in onnx.load(str(bundle / "model.onnx")).metadata_props}["leafscout.manifest"])
     assert embedded == {k: v for k, v in m.items() if k != "files"}
+
+
+def test_selftest_keeps_its_size_whatever_the_input_size(bundle: Path) -> None:
+    with np.load(bundle / "selftest.npz") as z:  # 32x32 inputs: the full 16, with the logits of both models
+        assert z["inputs"].shape[0] == z["fp32_logits"].shape[0] == z["int8_logits"].shape[0] == 16
+    assert [selftest_samples((s, s)) for s in (32, 96, 112, 128, 512)] == [16, 16, 11, 9, 4]
 
 
 def test_parity_against_pytorch_with_bn(run: Path, bundle: Path) -> None:
