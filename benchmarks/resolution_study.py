@@ -22,16 +22,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from leafscout.training.checkpoint import checkpoint_preprocess, load_checkpoint  # noqa: E402
-from leafscout.training.evaluate import predict_probs  # noqa: E402
+from leafscout.training.evaluate import _samples_for, predict_probs  # noqa: E402
 from leafscout.training.split import load_split, split_beside  # noqa: E402
 
 
 def study(checkpoint: Path, sizes: list[int], split: str = "val") -> list[dict]:
     model, ckpt = load_checkpoint(checkpoint)
     spec = checkpoint_preprocess(ckpt)
-    data = load_split(split_beside(checkpoint))
-    samples = data.samples(split)
-    names = data.source_names()
+    samples = _samples_for(Path(checkpoint), ckpt, None, split)  # as eval: the run's split, checked against the checkpoint
+    names = load_split(split_beside(checkpoint)).source_names()
     source = np.array([s.source for s in samples])
     rows = []
     for size in sizes:
