@@ -79,7 +79,7 @@ def get_bundle(path: Path | None, work: Path) -> Path:
     return tiny
 
 
-def get_leaves(bundle, leaves_dir: Path | None, per_class: int, seed: int):
+def get_leaves(bundle, leaves_dir: Path | None, per_class: int, seed: int, part: str = "test"):
     from leafscout.robot.simulate import LeafBank
     from leafscout.training.data import default_data_dir
     from leafscout.training.synthetic import SYNTHETIC_CLASSES
@@ -91,8 +91,9 @@ def get_leaves(bundle, leaves_dir: Path | None, per_class: int, seed: int):
     if root is None:
         raise SystemExit("the bundle has real classes but no leaf folder was found; pass --leaves")
     if (bundle.path / "split.json.gz").is_file():
-        bank = LeafBank.from_folder(root, split=bundle.path, part="test", per_class=per_class, seed=seed)
-        return bank, f"real leaves from the test part of the bundle's split (never trained on), {root}", Path(root)
+        bank = LeafBank.from_folder(root, split=bundle.path, part=part, per_class=per_class, seed=seed)
+        why = "never trained on" if part == "test" else "never trained on; for choosing between models"
+        return bank, f"real leaves from the {part} part of the bundle's split ({why}), {root}", Path(root)
     bank = LeafBank.from_folder(root, per_class=per_class, seed=seed)
     return bank, f"real leaves from {root} (no split in bundle: may include training images)", Path(root)
 
@@ -384,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", type=Path, default=None, help="bundle (default: reference bundle, else a tiny one)")
     p.add_argument("--leaves", type=Path, default=None, help="PlantVillage-layout folder (default: shared data)")
+    p.add_argument("--leaves-part", choices=("test", "val"), default="test",
+                   help="which part of the bundle's split the field's leaves come from: test (the figures to "
+                        "report; default) or val (to choose between models without looking at test leaves)")
     p.add_argument("--rows", type=int, default=3, help="rows to simulate (default 3)")
     p.add_argument("--row-length", type=float, default=8.0, help="row length in metres (default 8)")
     p.add_argument("--per-class", type=int, default=40, help="leaves per class to plant from (default 40)")
@@ -420,14 +424,14 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     bundle_dir = get_bundle(args.bundle, args.out)
     bundle = load_bundle(bundle_dir, threads=1)
-    leaves, leaves_desc, leaves_root = get_leaves(bundle, args.leaves, args.per_class, args.seed)
+    leaves, leaves_desc, leaves_root = get_leaves(bundle, args.leaves, args.per_class, args.seed, args.leaves_part)
     quality = {} if args.video_quality is None else {"video_quality": args.video_quality}
     field = FieldConfig(rows=args.rows, row_length_m=args.row_length, seed=args.seed, **quality)
     run = simulate_run(args.out / "field", field, leaves=leaves, progress=True)
     truth = json.loads((run / "truth.json").read_text())
     other_fields = {}
     for seed in args.also_seeds:
-        bank = get_leaves(bundle, args.leaves, args.per_class, seed)[0]
+        bank = get_leaves(bundle, args.leaves, args.per_class, seed, args.leaves_part)[0]
         config = FieldConfig(rows=args.rows, row_length_m=args.row_length, seed=seed, **quality)
         other = simulate_run(args.out / f"field_seed{seed}", config, leaves=bank, progress=True)
         other_score = score_report(replay(other, bundle, threaded=False, crop_fill=args.crop_fill),
@@ -470,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         from leafscout.robot.conditions import CONDITIONS
 
         names = ["plain", *CONDITIONS] if args.conditions == "all" else args.conditions.split(",")
-        other_seeds = {seed: get_leaves(bundle, args.leaves, args.per_class, seed)[0] for seed in args.condition_seeds}
+        other_seeds = {seed: get_leaves(bundle, args.leaves, args.per_class, seed, args.leaves_part)[0]
+                       for seed in args.condition_seeds}
         result["conditions"] = condition_suite(bundle, leaves, names, args.rows, args.row_length, args.seed, args.out,
                                                args.crop_fill, other_seeds, keep_videos=args.keep_videos)
     if args.cwfid is not None:

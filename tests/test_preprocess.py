@@ -13,7 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from leafscout.training.augment import AugmentConfig, LeafAugment, cut_leaf_mask, jpeg_roundtrip, leaf_mask, randomize_background
+from leafscout.robot.simulate import soil_texture
+from leafscout.training.augment import (AUGMENT_PRESETS, AugmentConfig, LeafAugment, cut_leaf_mask, jpeg_roundtrip,
+                                        leaf_mask, paint_like_robot, randomize_background)
 from leafscout.training.data import read_image, scan_folder
 from leafscout.training.distributed import DistInfo
 from leafscout.training.evaluate import _disk_batches
@@ -21,6 +23,9 @@ from leafscout.training.split import make_split
 from leafscout.training.synthetic import draw_leaf, generate_dataset
 from leafscout.training.train import TrainConfig, _eval_set, _train_set
 from leafscout.vision import PreprocessSpec
+from leafscout.vision.detect import leaf_crop
+from leafscout.vision.localize import LeafLocalizer, square_crop
+from leafscout.vision.white_balance import SOIL_BGR
 
 TOL = 1e-6
 
@@ -166,3 +171,41 @@ def test_augment_applies_jpeg_with_its_probability() -> None:
     assert jpeg.shape == img.shape
     diff = np.abs(jpeg.astype(int) - plain).mean()
     assert 0.5 < diff < 12  # compressed: changed, but still the same leaf
+
+
+def _painted(crop: np.ndarray) -> np.ndarray:
+    return (crop == np.rint(SOIL_BGR).astype(np.uint8)).all(axis=2)
+
+
+def test_robot_paint_matches_the_robots_own_crop() -> None:
+    """Training's painted crop (``--augment robot``) is the crop the robot classifies: same leaf kept, rest soil."""
+    rng = np.random.default_rng(7)
+    frame = soil_texture(rng, 480, 640)
+    leaf, mask = draw_leaf(rng, "Leaf___spot", 180)  # a leaf of ~120 px, as the field's (paint_like_robot's scale)
+    y0, x0 = 150, 230
+    region = frame[y0 : y0 + 180, x0 : x0 + 180]
+    region[mask > 0] = leaf[mask > 0]
+    dets = LeafLocalizer()(frame)
+    assert len(dets) == 1
+    robot = leaf_crop(frame, dets[0].box, dets[0], margin=0.08, fill=SOIL_BGR)
+    ours = paint_like_robot(square_crop(frame, dets[0].box, margin=0.08))
+    assert ours is not None and ours.shape == robot.shape
+    kept_robot, kept_ours = ~_painted(robot), ~_painted(ours)
+    assert 0.2 < kept_robot.mean() < 0.9  # the robot did paint around the leaf
+    assert _iou(kept_robot, kept_ours) > 0.85  # 0.81-0.95 over five leaves: the grown rim is scaled, not exact
+    assert np.array_equal(ours[kept_ours], square_crop(frame, dets[0].box, margin=0.08)[kept_ours])  # leaf untouched
+    assert paint_like_robot(soil_texture(rng, 96, 96)) is None  # bare soil: nothing the robot would crop
+
+
+def test_robot_preset_paints_with_its_probability() -> None:
+    rng = np.random.default_rng(8)
+    img, mask = draw_leaf(rng, "Leaf___healthy", 96)
+    assert AUGMENT_PRESETS["field"].robot_paint_p == 0 and 0 < AUGMENT_PRESETS["robot"].robot_paint_p < 1
+    still = dict(crop_scale=(1.0, 1.0), tilt_p=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
+                 rotate=False, flip=False, background_p=0.0)
+    always = LeafAugment(AugmentConfig(**still, robot_paint_p=1.0))
+    out = always(img, mask, np.random.default_rng(1))
+    corners = _painted(out)[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert corners.all() and not _painted(out)[48, 48]  # backdrop painted, leaf kept
+    never = LeafAugment(AugmentConfig(**still))(img, mask, np.random.default_rng(1))
+    assert not _painted(never).any()

@@ -14,9 +14,13 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
+from leafscout.vision.detect import LEAF_GROW_PX
+from leafscout.vision.localize import LocalizeConfig, vegetation_mask
+from leafscout.vision.white_balance import SOIL_BGR
+
 __all__ = ["AUGMENT_PRESETS", "MIN_CUT_FRACTION", "AugmentConfig", "LeafAugment", "augment_config", "bank_background",
-           "blur", "cast_shadow", "cut_leaf_mask", "exposure_shift", "jpeg_roundtrip", "leaf_mask", "random_background",
-           "randomize_background", "sensor_noise", "white_balance_shift"]
+           "blur", "cast_shadow", "cut_leaf_mask", "exposure_shift", "jpeg_roundtrip", "leaf_mask", "paint_like_robot",
+           "random_background", "randomize_background", "sensor_noise", "white_balance_shift"]
 
 _KERNEL = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
 # A cut covering less of its image than this failed (backdrop too green, leaf too small):
@@ -63,6 +67,37 @@ def cut_leaf_mask(image: np.ndarray) -> np.ndarray:
     if contours:
         cv2.drawContours(out, [max(contours, key=cv2.contourArea)], -1, 255, thickness=cv2.FILLED)
     return out
+
+
+# The robot finds leaves at 160 px across a 640 px frame, where a leaf is some 30-40 px; its
+# crop keeps the leaf's outline grown by LEAF_GROW_PX frame pixels (vision.detect).
+_ROBOT_MASK = LocalizeConfig()
+_ROBOT_WORK_PX = 48  # the image is segmented at this size, as the robot sees a leaf at its work resolution
+_ROBOT_LEAF_PX = 128  # a leaf's size in the robot's frame (pixels), for scaling the grown outline
+
+
+def paint_like_robot(image: np.ndarray, fill: tuple[float, float, float] = SOIL_BGR) -> np.ndarray | None:
+    """``image`` as the robot classifies a leaf: everything but the largest vegetation
+    outline (the robot's own segmentation, holes filled, grown a little) painted ``fill``.
+
+    The robot paints the ground around every leaf the reference soil colour
+    (``WhiteBalance.paint_soil``); a model that never saw such crops reads the flat paint
+    as a cue. None when the segmentation finds no vegetation (nothing the robot would crop).
+    """
+    h, w = image.shape[:2]
+    scale = max(h, w) / _ROBOT_WORK_PX
+    small = cv2.resize(image, (max(1, round(w / scale)), max(1, round(h / scale))), interpolation=cv2.INTER_AREA)
+    contours = cv2.findContours(vegetation_mask(small, _ROBOT_MASK), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+    if not contours:
+        return None
+    mask = np.zeros((h, w), np.uint8)
+    outline = np.round(max(contours, key=cv2.contourArea) * scale).astype(np.int32)
+    cv2.drawContours(mask, [outline], -1, 1, thickness=cv2.FILLED)
+    grow = max(1, round(LEAF_GROW_PX * max(h, w) / _ROBOT_LEAF_PX))
+    mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+    out = np.full_like(image, 0)
+    out[:] = np.clip(np.rint(fill), 0, 255).astype(np.uint8)
+    return cv2.copyTo(np.ascontiguousarray(image), mask, out)
 
 
 def random_background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -145,6 +180,9 @@ class AugmentConfig:
     noise_p: float = 0.0
     noise_sigma: tuple[float, float] = (3.0, 12.0)
     occlude_p: float = 0.0
+    # Last of all, with probability robot_paint_p: the ground around the leaf painted as the
+    # robot paints its crops (paint_like_robot), so the model knows that view too.
+    robot_paint_p: float = 0.0
 
 
 # "leaf" suits a model with capacity to spare (leafnet_bn); "light" keeps only the lossless
@@ -158,6 +196,8 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
                            saturation=0.3, real_background_p=0.7, white_balance_p=0.5, exposure_p=0.4,
                            shadow_p=0.25, blur_p=0.2, noise_p=0.25, occlude_p=0.2, jpeg_p=0.3),
 }
+# "robot": "field" plus, for a third of the images, the robot's painted crop (see paint_like_robot).
+AUGMENT_PRESETS["robot"] = replace(AUGMENT_PRESETS["field"], robot_paint_p=0.35)
 
 
 def augment_config(preset: str, background_p: float, jpeg_p: float | None = None) -> AugmentConfig:
@@ -256,6 +296,10 @@ class LeafAugment:
         if c.jpeg_p and rng.random() < c.jpeg_p:
             image = jpeg_roundtrip(image, int(rng.integers(c.jpeg_quality[0], c.jpeg_quality[1] + 1)),
                                    int(rng.integers(c.jpeg_side[0], c.jpeg_side[1] + 1)))
+        if c.robot_paint_p and rng.random() < c.robot_paint_p:
+            painted = paint_like_robot(image)
+            if painted is not None:
+                image = painted
         return image
 
     def _field(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

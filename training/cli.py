@@ -38,11 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--jpeg-p", type=float, default=None,
                    help="probability of a camera-like JPEG round trip (4:2:0, quality 60-95, leaf 96-160 px): "
                         "robustness to MJPG/YUV420 cameras (default: the preset's, 0 for leaf and light)")
-    p.add_argument("--augment", choices=("leaf", "light", "field"), default="leaf", dest="augment_preset",
+    p.add_argument("--augment", choices=("leaf", "light", "field", "robot"), default="leaf", dest="augment_preset",
                    help="augmentation preset: leaf (crops 60-100%%, tilts, colour jitter; default), light "
                         "(turns, flips, 85-100%% crops, mild lighting: for LeNet-sized models) or field (leaf "
                         "plus real field backgrounds, colour casts, exposure, shadows, blur, noise, JPEG, "
-                        "occlusion: for the robot's model)")
+                        "occlusion: for the robot's model) or robot (field, plus a third of the images painted around the leaf "
+                        "as the robot paints its crops)")
     p.add_argument("--background-max-leafy", type=float, default=None, metavar="SHARE",
                    help="drop training background windows of photos with more than this share of leaf-coloured "
                         "pixels (unboxed leaves, not negatives), e.g. 0.1 (default: keep all)")
