@@ -95,7 +95,7 @@ def paint_like_robot(image: np.ndarray, fill: tuple[float, float, float] = SOIL_
     cv2.drawContours(mask, [outline], -1, 1, thickness=cv2.FILLED)
     grow = max(1, round(LEAF_GROW_PX * max(h, w) / _ROBOT_LEAF_PX))
     mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
-    out = np.full_like(image, 0)
+    out = np.empty_like(image)
     out[:] = np.clip(np.rint(fill), 0, 255).astype(np.uint8)
     return cv2.copyTo(np.ascontiguousarray(image), mask, out)
 
