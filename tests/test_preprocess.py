@@ -5,6 +5,7 @@ and evaluation reads them from disk. The tensors must agree to 1e-6.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -14,7 +15,7 @@ import torch
 from PIL import Image
 
 from leafscout.robot.simulate import soil_texture
-from leafscout.training.augment import (AUGMENT_PRESETS, AugmentConfig, LeafAugment, cut_leaf_mask, jpeg_roundtrip,
+from leafscout.training.augment import (AUGMENT_PRESETS, AugmentConfig, LeafAugment, augment_config, cut_leaf_mask, jpeg_roundtrip,
                                         leaf_mask, paint_like_robot, randomize_background)
 from leafscout.training.data import read_image, scan_folder
 from leafscout.training.distributed import DistInfo
@@ -209,3 +210,34 @@ def test_robot_preset_paints_with_its_probability() -> None:
     assert corners.all() and not _painted(out)[48, 48]  # backdrop painted, leaf kept
     never = LeafAugment(AugmentConfig(**still))(img, mask, np.random.default_rng(1))
     assert not _painted(never).any()
+
+
+def test_field_clean_keeps_field_backgrounds_but_not_the_leaf_degradations() -> None:
+    """``--augment field-clean`` (a finishing fine-tune) pastes on real field patches as ``field`` does,
+    but never casts, darkens, shades, blurs, noises or occludes the leaf itself."""
+    rng = np.random.default_rng(9)
+    img, mask = draw_leaf(rng, "Leaf___healthy", 96)
+    bank = np.zeros((3, 64, 64, 3), np.uint8)
+    bank[..., 0] = 255  # pure blue "field" patches: nothing drawn is this colour
+    still = dict(crop_scale=(1.0, 1.0), tilt_p=0.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
+                 rotate=False, flip=False, jpeg_p=0.0)
+    clean = replace(AUGMENT_PRESETS["field-clean"], **still)
+    field = replace(AUGMENT_PRESETS["field"], **still)
+    def run(config: AugmentConfig, seed: int) -> np.ndarray:
+        return LeafAugment(replace(config, background_p=0.0), bank)(img, mask, np.random.default_rng(seed))
+
+    plain = [run(AugmentConfig(**still), s) for s in range(40)]  # the jitter's colour round trip only
+    assert all(np.array_equal(run(clean, s), p) for s, p in enumerate(plain))
+    assert sum(not np.array_equal(run(field, s), p) for s, p in enumerate(plain)) > 20
+    pasted = [LeafAugment(replace(clean, background_p=1.0), bank)(img, mask, np.random.default_rng(s)) for s in range(60)]
+    on_field = np.mean([(p[0, 0] == (255, 0, 0)).all() for p in pasted])
+    assert abs(on_field - AUGMENT_PRESETS["field-clean"].real_background_p) < 0.2
+
+
+def test_robot_paint_probability_overrides_the_preset() -> None:
+    """``--robot-paint-p`` sets the painted-crop probability of any preset; None keeps the preset's."""
+    assert augment_config("field-clean", 0.5).robot_paint_p == 0.0
+    assert augment_config("robot", 0.5).robot_paint_p == AUGMENT_PRESETS["robot"].robot_paint_p
+    cfg = augment_config("field-clean", 0.5, robot_paint_p=0.35)
+    assert cfg.robot_paint_p == 0.35 and cfg.real_background_p == AUGMENT_PRESETS["field-clean"].real_background_p
+    assert augment_config("robot", 0.5, robot_paint_p=0.0).robot_paint_p == 0.0

@@ -156,6 +156,7 @@ def test_fine_tune_refuses_what_would_leak_or_mismatch(trained, tmp_path: Path) 
     ("augment_preset", "heavy", "light"),
     ("background_p", 1.5, "background_p"),
     ("jpeg_p", -0.1, "jpeg_p"),
+    ("robot_paint_p", 1.2, "robot_paint_p"),
 ])
 def test_bad_config_is_named(tmp_path: Path, field: str, value, message: str) -> None:
     with pytest.raises(ValueError, match=message):

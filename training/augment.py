@@ -198,14 +198,20 @@ AUGMENT_PRESETS: dict[str, AugmentConfig] = {
 }
 # "robot": "field" plus, for a third of the images, the robot's painted crop (see paint_like_robot).
 AUGMENT_PRESETS["robot"] = replace(AUGMENT_PRESETS["field"], robot_paint_p=0.35)
+# "field-clean": "leaf" plus field's real backgrounds and camera JPEG, without the effects that
+# degrade the leaf itself (casts, exposure, shadows, blur, noise, occlusion, small crops). For the
+# last epochs after "field": the model keeps the field's surroundings and relearns fine lesion detail.
+AUGMENT_PRESETS["field-clean"] = replace(AUGMENT_PRESETS["leaf"], real_background_p=0.7, jpeg_p=0.3)
 
 
-def augment_config(preset: str, background_p: float, jpeg_p: float | None = None) -> AugmentConfig:
-    """The named preset with the run's background-replacement (and JPEG, unless None) probabilities."""
+def augment_config(preset: str, background_p: float, jpeg_p: float | None = None,
+                   robot_paint_p: float | None = None) -> AugmentConfig:
+    """The named preset with the run's background-replacement (and JPEG and robot-paint, unless None) probabilities."""
     if preset not in AUGMENT_PRESETS:
         raise ValueError(f"augmentation preset must be one of {sorted(AUGMENT_PRESETS)}, got {preset!r}")
     base = AUGMENT_PRESETS[preset]
-    return replace(base, background_p=background_p, jpeg_p=base.jpeg_p if jpeg_p is None else jpeg_p)
+    return replace(base, background_p=background_p, jpeg_p=base.jpeg_p if jpeg_p is None else jpeg_p,
+                   robot_paint_p=base.robot_paint_p if robot_paint_p is None else robot_paint_p)
 
 
 def jpeg_roundtrip(image: np.ndarray, quality: int, side: int | None = None) -> np.ndarray:

@@ -38,12 +38,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--jpeg-p", type=float, default=None,
                    help="probability of a camera-like JPEG round trip (4:2:0, quality 60-95, leaf 96-160 px): "
                         "robustness to MJPG/YUV420 cameras (default: the preset's, 0 for leaf and light)")
-    p.add_argument("--augment", choices=("leaf", "light", "field", "robot"), default="leaf", dest="augment_preset",
+    p.add_argument("--robot-paint-p", type=float, default=None,
+                   help="probability of the crop as the robot classifies it: the ground around the leaf's outline "
+                        "painted soil colour (default: the preset's, 0.35 for robot, 0 for the others)")
+    p.add_argument("--augment", choices=("leaf", "light", "field", "robot", "field-clean"), default="leaf", dest="augment_preset",
                    help="augmentation preset: leaf (crops 60-100%%, tilts, colour jitter; default), light "
                         "(turns, flips, 85-100%% crops, mild lighting: for LeNet-sized models) or field (leaf "
                         "plus real field backgrounds, colour casts, exposure, shadows, blur, noise, JPEG, "
                         "occlusion: for the robot's model) or robot (field, plus a third of the images painted around the leaf "
-                        "as the robot paints its crops)")
+                        "as the robot paints its crops) or field-clean (leaf plus field's real backgrounds and JPEG: "
+                        "a finishing fine-tune after field)")
     p.add_argument("--background-max-leafy", type=float, default=None, metavar="SHARE",
                    help="drop training background windows of photos with more than this share of leaf-coloured "
                         "pixels (unboxed leaves, not negatives), e.g. 0.1 (default: keep all)")
@@ -86,7 +90,8 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer, schedule=args.schedule,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, balance=args.balance,
         sampling=args.sampling, background_max_leafy=args.background_max_leafy,
-        background_p=args.background_p, jpeg_p=args.jpeg_p, augment=not args.no_augment, augment_preset=args.augment_preset,
+        background_p=args.background_p, jpeg_p=args.jpeg_p, robot_paint_p=args.robot_paint_p,
+        augment=not args.no_augment, augment_preset=args.augment_preset,
         precision=args.precision, compile=args.compile, seed=args.seed, workers=args.workers,
         threads=args.threads, time_budget_s=None if args.time_budget is None else args.time_budget * 60, resume=args.resume,
         init_from=args.init_from, progress=not args.no_progress, dump_replicas=args.dump_replicas,
