@@ -241,3 +241,17 @@ def test_robot_paint_probability_overrides_the_preset() -> None:
     cfg = augment_config("field-clean", 0.5, robot_paint_p=0.35)
     assert cfg.robot_paint_p == 0.35 and cfg.real_background_p == AUGMENT_PRESETS["field-clean"].real_background_p
     assert augment_config("robot", 0.5, robot_paint_p=0.0).robot_paint_p == 0.0
+
+
+def test_augment_set_changes_one_setting_of_the_preset_with_its_type() -> None:
+    """``--augment-set NAME=VALUE`` reaches any AugmentConfig field, parsed as that field's type."""
+    cfg = augment_config("field-clean", 0.5, settings={"blur_p": "0.2", "crop_scale": "0.5,1", "flip": "false",
+                                                       "jpeg_quality": "70,90"})
+    assert cfg.blur_p == 0.2 and cfg.crop_scale == (0.5, 1.0) and cfg.flip is False and cfg.jpeg_quality == (70, 90)
+    assert cfg.real_background_p == AUGMENT_PRESETS["field-clean"].real_background_p  # the rest stays the preset's
+    with pytest.raises(ValueError, match="unknown augmentation setting 'blurp'"):
+        augment_config("field", 0.5, settings={"blurp": "0.2"})
+    with pytest.raises(ValueError, match="blur_p='often': expected a number"):
+        augment_config("field", 0.5, settings={"blur_p": "often"})
+    with pytest.raises(ValueError, match="flip='maybe': expected true or false"):
+        augment_config("field", 0.5, settings={"flip": "maybe"})

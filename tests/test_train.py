@@ -157,6 +157,8 @@ def test_fine_tune_refuses_what_would_leak_or_mismatch(trained, tmp_path: Path) 
     ("background_p", 1.5, "background_p"),
     ("jpeg_p", -0.1, "jpeg_p"),
     ("robot_paint_p", 1.2, "robot_paint_p"),
+    ("augment_set", {"blurp": "0.2"}, "unknown augmentation setting .blurp.; known: background_p, blur_p"),
+    ("augment_set", {"crop_scale": "0.5"}, "crop_scale=.0.5.: expected 2 comma-separated numbers"),
 ])
 def test_bad_config_is_named(tmp_path: Path, field: str, value, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -228,10 +230,16 @@ def test_cli_trains_with_synthetic_fallback_and_time_budget(tmp_path: Path, monk
     monkeypatch.setenv("LEAFSCOUT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "cli run"
     rc = main(["train", "--model", "lenet_bn", "--epochs", "50", "--batch-size", "32", "--out", str(out),
-               "--time-budget", "0.5", "--no-progress", "--threads", "1"])
+               "--time-budget", "0.5", "--no-progress", "--threads", "1", "--augment-set", "blur_p=0.3"])
     assert rc == 0
     assert (out / "synthetic").is_dir() and (out / "best.pt").is_file()
     history = json.loads((out / "metrics.json").read_text())
     assert 1 <= len(history) < 50  # the budget, not --epochs, ended the run
+    assert read_checkpoint(out / "best.pt")["train_config"]["augment_set"] == {"blur_p": "0.3"}
     assert main(["train", "--model", "nope", "--out", str(tmp_path / "y")]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
+    assert main(["train", "--augment-set", "blurp=0.2", "--out", str(tmp_path / "z")]) == 2
+    assert "unknown augmentation setting 'blurp'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--augment-set", "blur_p", "--out", str(tmp_path / "z")])
+    assert e.value.code == 2 and "expected NAME=VALUE" in capsys.readouterr().err

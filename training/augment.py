@@ -9,7 +9,8 @@ The result is still a uint8 BGR image; ``PreprocessSpec.apply`` turns it into a 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 
 import cv2
 import numpy as np
@@ -205,13 +206,38 @@ AUGMENT_PRESETS["field-clean"] = replace(AUGMENT_PRESETS["leaf"], real_backgroun
 
 
 def augment_config(preset: str, background_p: float, jpeg_p: float | None = None,
-                   robot_paint_p: float | None = None) -> AugmentConfig:
-    """The named preset with the run's background-replacement (and JPEG and robot-paint, unless None) probabilities."""
+                   robot_paint_p: float | None = None, settings: Mapping[str, str] | None = None) -> AugmentConfig:
+    """The named preset with the run's background-replacement (and JPEG and robot-paint, unless None)
+    probabilities, then ``settings`` (``--augment-set NAME=VALUE``: any AugmentConfig field, as text)."""
     if preset not in AUGMENT_PRESETS:
         raise ValueError(f"augmentation preset must be one of {sorted(AUGMENT_PRESETS)}, got {preset!r}")
     base = AUGMENT_PRESETS[preset]
-    return replace(base, background_p=background_p, jpeg_p=base.jpeg_p if jpeg_p is None else jpeg_p,
-                   robot_paint_p=base.robot_paint_p if robot_paint_p is None else robot_paint_p)
+    config = replace(base, background_p=background_p, jpeg_p=base.jpeg_p if jpeg_p is None else jpeg_p,
+                     robot_paint_p=base.robot_paint_p if robot_paint_p is None else robot_paint_p)
+    return replace(config, **{name: _setting(config, name, text) for name, text in (settings or {}).items()})
+
+
+def _setting(config: AugmentConfig, name: str, text: str) -> object:
+    """``text`` parsed as the type of ``config.name``: "0.2", "true", "0.5,1.0" for a range."""
+    known = sorted(f.name for f in fields(AugmentConfig))
+    if name not in known:
+        raise ValueError(f"unknown augmentation setting {name!r}; known: {', '.join(known)}")
+    current = getattr(config, name)
+    try:
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return text.lower() in ("true", "1")
+        if isinstance(current, tuple):
+            parts = [type(current[0])(float(v)) if isinstance(current[0], int) else float(v) for v in text.split(",")]
+            if len(parts) != len(current):
+                raise ValueError
+            return tuple(parts)
+        return type(current)(float(text))
+    except ValueError:
+        kind = ("true or false" if isinstance(current, bool) else
+                f"{len(current)} comma-separated numbers" if isinstance(current, tuple) else "a number")
+        raise ValueError(f"augmentation setting {name}={text!r}: expected {kind} (now {current!r})") from None
 
 
 def jpeg_roundtrip(image: np.ndarray, quality: int, side: int | None = None) -> np.ndarray:

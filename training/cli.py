@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--robot-paint-p", type=float, default=None,
                    help="probability of the crop as the robot classifies it: the ground around the leaf's outline "
                         "painted soil colour (default: the preset's, 0.35 for robot, 0 for the others)")
+    p.add_argument("--augment-set", action="append", default=None, metavar="NAME=VALUE", type=_name_value,
+                   help="set one augmentation setting over the preset, repeatable, e.g. blur_p=0.2 or "
+                        "crop_scale=0.5,1.0 (any field of training.augment.AugmentConfig)")
     p.add_argument("--augment", choices=("leaf", "light", "field", "robot", "field-clean"), default="leaf", dest="augment_preset",
                    help="augmentation preset: leaf (crops 60-100%%, tilts, colour jitter; default), light "
                         "(turns, flips, 85-100%% crops, mild lighting: for LeNet-sized models) or field (leaf "
@@ -81,6 +84,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_models)
 
 
+def _name_value(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE (e.g. blur_p=0.2), got {text!r}")
+    return name.strip(), value.strip()
+
+
 def _train(args: argparse.Namespace) -> int:
     from .train import TrainConfig, train
 
@@ -91,6 +101,7 @@ def _train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, balance=args.balance,
         sampling=args.sampling, background_max_leafy=args.background_max_leafy,
         background_p=args.background_p, jpeg_p=args.jpeg_p, robot_paint_p=args.robot_paint_p,
+        augment_set=dict(args.augment_set) if args.augment_set else None,
         augment=not args.no_augment, augment_preset=args.augment_preset,
         precision=args.precision, compile=args.compile, seed=args.seed, workers=args.workers,
         threads=args.threads, time_budget_s=None if args.time_budget is None else args.time_budget * 60, resume=args.resume,

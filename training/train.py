@@ -75,6 +75,7 @@ class TrainConfig:
     background_p: float = 0.2
     jpeg_p: float | None = None  # probability of a camera-like JPEG (4:2:0) round trip; None: the preset's
     robot_paint_p: float | None = None  # probability of the robot's painted crop (paint_like_robot); None: the preset's
+    augment_set: dict[str, str] | None = None  # AugmentConfig fields set over the preset (--augment-set NAME=VALUE)
     augment_preset: str = "leaf"  # a key of training.augment.AUGMENT_PRESETS
     balance: str = "loss"
     # "balanced": each epoch draws samples with weights 1/sqrt(source size * class size in
@@ -116,6 +117,11 @@ class TrainConfig:
             raise TrainError(f"jpeg_p must be within [0, 1], got {self.jpeg_p}")
         if self.robot_paint_p is not None and not 0.0 <= self.robot_paint_p <= 1.0:
             raise TrainError(f"robot_paint_p must be within [0, 1], got {self.robot_paint_p}")
+        if self.augment_set:
+            try:
+                augment_config(self.augment_preset, self.background_p, self.jpeg_p, self.robot_paint_p, self.augment_set)
+            except ValueError as e:
+                raise TrainError(str(e)) from None
         if self.precision not in PRECISIONS:
             raise TrainError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.background_max_leafy is not None and not 0.0 <= self.background_max_leafy <= 1.0:
@@ -279,8 +285,8 @@ def _train_set(split: Split, spec: PreprocessSpec, config: TrainConfig, info: Di
     ok &= _clean_backgrounds(arrays[..., :3], samples, split, config.background_max_leafy)
     arrays = arrays[ok]
     bank = _background_bank(arrays[..., :3], labels[ok], split.classes)
-    aug = LeafAugment(augment_config(config.augment_preset, config.background_p, config.jpeg_p, config.robot_paint_p),
-                      bank)
+    aug = LeafAugment(augment_config(config.augment_preset, config.background_p, config.jpeg_p, config.robot_paint_p,
+                                     config.augment_set), bank)
     return TrainImages(np.ascontiguousarray(arrays[..., :3]), np.ascontiguousarray(arrays[..., 3]), labels[ok],
                        spec, aug, config.seed, sources[ok])
 
