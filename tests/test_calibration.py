@@ -332,3 +332,25 @@ def test_softmax_uses_the_background_temperature_only_where_background_wins() ->
     np.testing.assert_allclose(p[0], e0 / e0.sum(), rtol=1e-6)
     np.testing.assert_allclose(p[1], e1 / e1.sum(), rtol=1e-6)
     np.testing.assert_allclose(softmax(logits, 2.0, background_temperature=0.5), softmax(logits, 2.0))
+
+
+def test_resplit_cross_fitted_ece_spreads_over_other_photo_splits() -> None:
+    """The cross-fitted ECE over other splits by photo: as many figures as asked, the photos kept whole,
+    around the one split's figure; one photo for all cannot be split and says so."""
+    from leafscout.training.calibration import CalibrationError, cross_fitted_ece, photo_folds, resplit_cross_fitted_ece
+
+    rng = np.random.default_rng(5)
+    n = 600
+    logits = rng.normal(0, 2, (n, 4))
+    labels = np.array([rng.choice(4, p=np.exp(l) / np.exp(l).sum()) for l in 2.0 * logits])  # the model: too unsure
+    groups = [f"photo{i // 3}" for i in range(n)]  # three crops per photo
+    folds = photo_folds(groups, salt=3)
+    assert all(len(set(folds[i:i + 3])) == 1 for i in range(0, n, 3))  # a photo's crops stay on one side
+    for a, b in ((0, 1), (1, 2), (0, 7)):  # new partitions, not the same one again or its mirror
+        assert 0.3 < (photo_folds(groups, a) == photo_folds(groups, b)).mean() < 0.7
+    spread = resplit_cross_fitted_ece(logits, labels, groups, n=6)
+    assert len(spread) == 6 and len(set(spread)) > 1
+    one = cross_fitted_ece(logits, labels, photo_folds(groups))
+    assert min(spread) - 0.03 < one < max(spread) + 0.03
+    with pytest.raises(CalibrationError, match="every photo in one fold"):
+        resplit_cross_fitted_ece(logits, labels, ["same photo"] * n, n=2)

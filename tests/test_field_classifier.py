@@ -262,6 +262,8 @@ def test_train_calibrate_export_and_eval_a_field_model(field_run: Path, tmp_path
     # and the honest figure, fitted on one half of the photos and scored on the other, is reported too.
     assert cal["temperature_objective"] == "ece" and cal["ece_after"] <= cal["ece_before"] + 1e-12
     assert cal["ece_after"] <= cal["ece_at_nll_temperature"] + 1e-12 and 0 <= cal["ece_cross_fitted"] <= 1
+    spread = cal["ece_cross_fitted_resplits"]  # the same figure over 20 other splits by photo
+    assert spread["n"] == 20 and 0 <= spread["min"] <= spread["mean"] <= spread["max"] <= 1
     assert (field_run / "reliability.png").is_file()
     split = json.loads((field_run / "split.json").read_text())
     assert {it.get("source") for it in split["items"]} == {0, 1}

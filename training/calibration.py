@@ -34,6 +34,8 @@ __all__ = [
     "fit_temperature",
     "fit_temperature_ece",
     "cross_fitted_ece",
+    "photo_folds",
+    "resplit_cross_fitted_ece",
     "fit_field_temperatures",
     "TEMPERATURE_OBJECTIVES",
     "softmax",
@@ -55,6 +57,8 @@ T_MIN, T_MAX = 0.05, 20.0
 # The ECE search: temperatures on a log grid over [1/3, 3] (T = 1 is on it, in the middle).
 ECE_GRID = np.exp(np.linspace(math.log(1 / 3), math.log(3.0), 121))
 TEMPERATURE_OBJECTIVES = ("nll", "ece")
+# Other two-fold splits by photo over which calibration reports the cross-fitted ECE's spread.
+CROSS_FIT_RESPLITS = 20
 
 
 class CalibrationError(ValueError):
@@ -183,6 +187,41 @@ def cross_fitted_ece(logits: np.ndarray, labels: np.ndarray, folds: np.ndarray, 
             t, t_bg = fit_field_temperatures(logits[~held], labels[~held], background_index, objective, n_bins)
             cal[held] = softmax(logits[held], t, background_temperature=t_bg, background_index=background_index)
     return expected_calibration_error(labels, cal, n_bins)
+
+
+def photo_folds(groups: list[str], salt: int = 0) -> np.ndarray:
+    """Two folds by photo (a photo's leaves and windows stay together); ``salt`` > 0 draws another split.
+
+    Salt 0 is the split calibration always reported (CRC-32 of the photo's name). Other splits
+    come from a seeded shuffle of the photos: CRC-32 is linear, so salting its input would give
+    the same partition again (or its mirror).
+    """
+    if salt == 0:
+        return np.array([zlib.crc32(g.encode()) % 2 for g in groups])
+    names = sorted(set(groups))
+    side = dict(zip(names, np.random.default_rng([salt, 0x5EED]).integers(0, 2, len(names))))
+    return np.array([side[g] for g in groups])
+
+
+def _spread(values: list[float]) -> dict[str, float | int]:
+    return {"n": len(values), "mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values))}
+
+
+def resplit_cross_fitted_ece(logits: np.ndarray, labels: np.ndarray, groups: list[str], n: int = 20,
+                             objective: str = "ece", n_bins: int = 15, *,
+                             background_index: int | None = None) -> list[float]:
+    """``cross_fitted_ece`` over ``n`` other two-fold splits by photo (salts 1..n).
+
+    One split's figure moves with which photos fell on which side; the spread over
+    splits says how much a difference between two checkpoints' figures can be trusted.
+    """
+    out = []
+    for salt in range(1, n + 1):
+        folds = photo_folds(groups, salt)
+        if len(np.unique(folds)) < 2:
+            raise CalibrationError(f"split {salt} puts every photo in one fold: need photos from several groups")
+        out.append(cross_fitted_ece(logits, labels, folds, objective, n_bins, background_index=background_index))
+    return out
 
 
 @dataclass(frozen=True)
@@ -517,7 +556,7 @@ def calibrate_field(
     t_nll = fit_temperature(logits, y)
     cal = softmax(logits, t, background_temperature=t_bg, background_index=bg)
     # Two folds by photo (a photo's leaves and windows stay together) for an honest ECE.
-    folds = np.array([zlib.crc32(s.group.encode()) % 2 for s in field])
+    folds = photo_folds([s.group for s in field])
     leaf = y != bg
     true_g = taxonomy.group_masks()[:, y].argmax(axis=0)  # each label's group index
     weight = choose_diseased_weight(cal[leaf], true_g[leaf], taxonomy)
@@ -554,6 +593,8 @@ def calibrate_field(
         "ece_single_temperature": expected_calibration_error(y, softmax(logits, t_single), n_bins),
         "ece_cross_fitted_single_temperature": cross_fitted_ece(logits, y, folds, temperature_objective, n_bins),
         "cross_fit_folds": "2, by photo",
+        "ece_cross_fitted_resplits": _spread(resplit_cross_fitted_ece(
+            logits, y, [s.group for s in field], CROSS_FIT_RESPLITS, temperature_objective, n_bins, background_index=bg)),
         "target_health_accuracy": target_health_accuracy,
         "min_coverage": min_coverage,
         "target_met": met,
@@ -566,8 +607,10 @@ def calibrate_field(
                        reliability_bins(cal, y, n_bins))],
                      ckpt_path.with_name("reliability.png"), title=f"{ckpt_path.name}: temperature scaling on field data")
     _rewrite_calibration(ckpt_path, result)
-    log.info("%s: T = %.3f, background T = %s (%s), field-val ECE %.2f%% -> %.2f%% (2-fold cross-fitted %.2f%%); "
-             "health abstain below %.3f, OOD below %.3f: %s", ckpt_path, t, t_bg, temperature_objective,
-             100 * result["ece_before"],
-             100 * result["ece_after"], 100 * result["ece_cross_fitted"], threshold, ood, result["val"])
+    spread = result["ece_cross_fitted_resplits"]
+    log.info("%s: T = %.3f, background T = %s (%s), field-val ECE %.2f%% -> %.2f%% (2-fold cross-fitted %.2f%%; "
+             "over %d other splits %.2f-%.2f%%, mean %.2f%%); health abstain below %.3f, OOD below %.3f: %s",
+             ckpt_path, t, t_bg, temperature_objective, 100 * result["ece_before"], 100 * result["ece_after"],
+             100 * result["ece_cross_fitted"], spread["n"], 100 * spread["min"], 100 * spread["max"],
+             100 * spread["mean"], threshold, ood, result["val"])
     return result
