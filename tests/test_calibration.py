@@ -352,5 +352,5 @@ def test_resplit_cross_fitted_ece_spreads_over_other_photo_splits() -> None:
     assert len(spread) == 6 and len(set(spread)) > 1
     one = cross_fitted_ece(logits, labels, photo_folds(groups))
     assert min(spread) - 0.03 < one < max(spread) + 0.03
-    with pytest.raises(CalibrationError, match="every photo in one fold"):
+    with pytest.raises(CalibrationError, match="puts photos on both sides"):
         resplit_cross_fitted_ece(logits, labels, ["same photo"] * n, n=2)
