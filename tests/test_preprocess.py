@@ -251,7 +251,9 @@ def test_augment_set_changes_one_setting_of_the_preset_with_its_type() -> None:
     assert cfg.real_background_p == AUGMENT_PRESETS["field-clean"].real_background_p  # the rest stays the preset's
     with pytest.raises(ValueError, match="unknown augmentation setting 'blurp'"):
         augment_config("field", 0.5, settings={"blurp": "0.2"})
-    with pytest.raises(ValueError, match="blur_p='often': expected a number"):
+    with pytest.raises(ValueError, match="jpeg_quality='70.5,90': expected 2 comma-separated ints"):
+        augment_config("field", 0.5, settings={"jpeg_quality": "70.5,90"})
+    with pytest.raises(ValueError, match="blur_p='often': expected a float"):
         augment_config("field", 0.5, settings={"blur_p": "often"})
     with pytest.raises(ValueError, match="flip='maybe': expected true or false"):
         augment_config("field", 0.5, settings={"flip": "maybe"})

@@ -158,7 +158,7 @@ def test_fine_tune_refuses_what_would_leak_or_mismatch(trained, tmp_path: Path) 
     ("jpeg_p", -0.1, "jpeg_p"),
     ("robot_paint_p", 1.2, "robot_paint_p"),
     ("augment_set", {"blurp": "0.2"}, "unknown augmentation setting .blurp.; known: background_p, blur_p"),
-    ("augment_set", {"crop_scale": "0.5"}, "crop_scale=.0.5.: expected 2 comma-separated numbers"),
+    ("augment_set", {"crop_scale": "0.5"}, "crop_scale=.0.5.: expected 2 comma-separated floats"),
 ])
 def test_bad_config_is_named(tmp_path: Path, field: str, value, message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -229,14 +229,15 @@ def _setting(config: AugmentConfig, name: str, text: str) -> object:
                 raise ValueError
             return text.lower() in ("true", "1")
         if isinstance(current, tuple):
-            parts = [type(current[0])(float(v)) if isinstance(current[0], int) else float(v) for v in text.split(",")]
+            parts = text.split(",")
             if len(parts) != len(current):
                 raise ValueError
-            return tuple(parts)
-        return type(current)(float(text))
+            return tuple(type(c)(v) for c, v in zip(current, parts))  # int(" 70.5") fails: no silent rounding
+        return type(current)(text)
     except ValueError:
         kind = ("true or false" if isinstance(current, bool) else
-                f"{len(current)} comma-separated numbers" if isinstance(current, tuple) else "a number")
+                f"{len(current)} comma-separated {type(current[0]).__name__}s" if isinstance(current, tuple) else
+                f"a {type(current).__name__}")
         raise ValueError(f"augmentation setting {name}={text!r}: expected {kind} (now {current!r})") from None
 
 
